@@ -1,0 +1,211 @@
+"""The one place a training flag is declared: name, default, help, group.
+
+``TrainConfig`` is flat on purpose: its field names are the CLI flags (``_`` -> ``-``) and the
+keys of YAML model configs, so a flag in the user's guide, a YAML key and ``config.yaml``
+beside a checkpoint are the same word. argparse is generated from the fields; booleans get a
+``--x/--no-x`` pair. Precedence: dataclass default < ``--config FILE.yaml`` < command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from src.errors import UserError
+
+BACKBONE_SIZES = ("tiny", "small", "base", "large", "huge")
+DEPTH_SIZES = ("small", "base")
+CV_STRATEGIES = ("group_location", "group_date", "stratified", "kfold")
+
+
+def opt(default, help: str, group: str, *, no_flag: str | None = None, choices=None, nargs=None, type=None):
+    """A config field. ``no_flag`` overrides the negative flag name of a boolean (guide spelling)."""
+    meta = {"help": help, "group": group, "no_flag": no_flag, "choices": choices, "nargs": nargs, "type": type}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class TrainConfig:
+    # --- run -----------------------------------------------------------------------------------
+    data_dir: str = opt("data", "folder with train.csv, test.csv and the images (Kaggle layout)", "run")
+    output_dir: str = opt("outputs", "where fold<k>/ checkpoints, history and OOF files go", "run")
+    seed: int = opt(42, "random seed (model init, data order, augmentation)", "run")
+    device: str = opt("auto", "auto (cuda > mps > cpu), cuda, mps or cpu", "run", choices=("auto", "cuda", "mps", "cpu"))
+    num_workers: int = opt(2, "DataLoader worker processes per rank", "run")
+    resume: bool = opt(False, "continue each fold from its last completed epoch (fold<k>/last.*)", "run")
+
+    # --- model ---------------------------------------------------------------------------------
+    backbone_size: str = opt("base", "DINOv3 ViT size; tiny = 2-layer random model for tests/demo", "model", choices=BACKBONE_SIZES)
+    backbone_weights: str = opt("hub", "hub (timm .lvd1689m weights), none (random init) or a local weights file", "model")
+    image_size: int = opt(512, "pixels per side of each square half fed to the backbone (multiple of 16)", "model")
+    gradient_checkpointing: bool = opt(False, "recompute backbone activations in backward (saves memory)", "model")
+    train_dead: bool = opt(False, "predict Dead directly (else Dead = Total - GDM)", "heads")
+    train_clover: bool = opt(True, "predict Clover directly (else Clover = GDM - Green)", "heads")
+
+    # --- loss ----------------------------------------------------------------------------------
+    smoothl1: bool = opt(True, "SmoothL1 on standardised targets (--no-smoothl1: MSE)", "loss")
+    use_huber: bool = opt(False, "Huber loss for Dead (outlier robust)", "loss")
+    huber_delta: float = opt(5.0, "Huber delta in grams", "loss")
+    use_planthydra_loss: bool = opt(False, "log transform + cosine similarity + compositional", "loss")
+    use_log_transform: bool = opt(False, "regress log(1+grams), the official metric's space", "loss")
+    use_cosine_sim: bool = opt(False, "cosine similarity loss between predicted and true 5-vectors", "loss")
+    cosine_weight: float = opt(0.4, "weight of the cosine loss", "loss")
+    use_compositional: bool = opt(False, "direct heads for all five, penalise GDM=G+C and Total=G+D+C", "loss")
+    compositional_weight: float = opt(0.1, "weight of the compositional penalty", "loss")
+    use_mass_balance: bool = opt(False, "physical mass balance: components never exceed the total", "loss")
+    mass_balance_weight: float = opt(0.2, "weight of the mass-balance penalty", "loss")
+
+    # --- auxiliary heads -----------------------------------------------------------------------
+    use_height_head: bool = opt(False, "auxiliary head predicting Height_Ave_cm (train-only signal)", "aux")
+    height_weight: float = opt(0.3, "weight of the height loss", "aux")
+    use_ndvi_head: bool = opt(False, "auxiliary head predicting Pre_GSHH_NDVI (train-only signal)", "aux")
+    ndvi_weight: float = opt(0.3, "weight of the NDVI loss", "aux")
+    use_species_head: bool = opt(False, "species classification head", "aux")
+    aux_species_weight: float = opt(0.1, "weight of the species loss", "aux")
+    use_species_prior: bool = opt(False, "blend predictions with species->biomass means of the training fold", "aux")
+    species_prior_strength: float = opt(0.2, "blend strength of the species prior", "aux")
+    use_aos_hallucination: bool = opt(False, "lighting-invariant AOS NDVI predicted from RGB (needs --use-ndvi-head)", "aux")
+    aos_weight: float = opt(0.3, "weight of the AOS loss", "aux")
+    use_presence_heads: bool = opt(False, "zero-vs-nonzero heads for Dead and Clover", "aux")
+
+    # --- advanced ------------------------------------------------------------------------------
+    use_cross_view_consistency: bool = opt(False, "left/right halves must agree per area", "advanced")
+    cross_view_weight: float = opt(0.1, "weight of the cross-view loss", "advanced")
+    use_depth: bool = opt(True, "Depth Anything V2 depth features", "advanced")
+    depth_attention: bool = opt(True, "depth-guided attention pooling of patch tokens", "advanced")
+    depth_model_size: str = opt("small", "Depth Anything V2 size", "advanced", choices=DEPTH_SIZES)
+    use_state_scaling: bool = opt(False, "per-State scale and bias through a State head (climate correction)", "advanced")
+    use_uncertainty: bool = opt(False, "mean + log-variance heads, Gaussian NLL", "advanced")
+    use_qc_plausibility: bool = opt(False, "penalties for implausible outputs", "advanced")
+    qc_weight: float = opt(0.1, "weight of the QC penalties", "advanced")
+
+    # --- augmentation --------------------------------------------------------------------------
+    strong_aug: bool = opt(True, "RandomRotate90, flips, ColorJitter, CLAHE, MotionBlur per half (else flips only)", "augmentation")
+    use_perspective_jitter: bool = opt(False, "small random perspective warps (quadrat annotation noise)", "augmentation")
+    use_border_mask: bool = opt(False, "blank a border band of each half (frame artifacts)", "augmentation")
+    use_pad_to_square: bool = opt(False, "pad non-square halves to square instead of stretching them", "augmentation")
+
+    # --- training ------------------------------------------------------------------------------
+    two_stage: bool = opt(True, "Stage 1 frozen backbone until patience, then Stage 2 finetuning", "training")
+    stage1_patience: int = opt(10, "Stage 1 epochs without val weighted_r2 gain before Stage 2", "training")
+    freeze_epochs: int = opt(30, "maximum Stage 1 epochs", "training")
+    stage2_epochs: int = opt(20, "Stage 2 epochs", "training")
+    epochs: int = opt(50, "epochs of single-stage training (--no-two-stage)", "training")
+    freeze_backbone: bool = opt(False, "keep the backbone frozen throughout (with --no-two-stage: heads only)", "training")
+    lr: float = opt(2e-4, "head learning rate (Stage 1, and heads in Stage 2)", "training")
+    backbone_lr: float = opt(1e-5, "backbone learning rate in Stage 2", "training")
+    lr_mult: float = opt(1.0, "layer-wise LR decay per block of the backbone (1.0 = none)", "training")
+    weight_decay: float = opt(0.05, "AdamW weight decay", "training")
+    warmup_epochs: float = opt(1.0, "linear LR warm-up at the start of each stage", "training")
+    batch_size: int = opt(16, "effective batch size (split across DDP ranks automatically)", "training")
+    grad_accum: int = opt(1, "gradient accumulation steps per optimiser step", "training")
+    grad_clip: float = opt(1.0, "max gradient norm (0 = off)", "training")
+
+    # --- cross-validation ----------------------------------------------------------------------
+    use_predefined_folds: bool = opt(True, "read folds from --fold-csv", "cv", no_flag="--no-predefined-folds")
+    fold_csv: str = opt("data/trainfold_group_location.csv", "fold CSV (image_id, fold)", "cv")
+    n_folds: int = opt(5, "number of folds", "cv")
+    folds: list = opt([], "folds to train", "cv", nargs="+", type=int)
+    cv_strategy: str = opt("group_location", "fold strategy with --no-predefined-folds", "cv", choices=CV_STRATEGIES)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+
+
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m src.dinov3_train",
+        description="Train DINOv3 biomass regressors with k-fold CV (also under torchrun).",
+    )
+    p.add_argument("--config", metavar="FILE.yaml", help="YAML with TrainConfig field names; the command line overrides it")
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    for f in dataclasses.fields(TrainConfig):
+        m = f.metadata
+        g = groups.setdefault(m["group"], p.add_argument_group(m["group"]))
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        # argparse.SUPPRESS: only flags actually given override the YAML/dataclass defaults.
+        if isinstance(default, bool):
+            no = m["no_flag"] or "--no-" + f.name.replace("_", "-")
+            g.add_argument(flag(f.name), dest=f.name, action="store_true", default=argparse.SUPPRESS,
+                           help=f"{m['help']} (default: {'ON' if default else 'off'})")
+            g.add_argument(no, dest=f.name, action="store_false", default=argparse.SUPPRESS, help=f"turn {flag(f.name)} off")
+        else:
+            typ = m["type"] or type(default)
+            g.add_argument(flag(f.name), dest=f.name, type=typ, choices=m["choices"], nargs=m["nargs"],
+                           default=argparse.SUPPRESS, help=f"{m['help']} (default: {default if default != [] else 'all'})")
+    return p
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise UserError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})")
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: must be a mapping of TrainConfig field names to values")
+    unknown = sorted(set(data) - set(FIELDS))
+    if unknown:
+        raise UserError(f"{path}: unknown key(s) {', '.join(unknown)}; keys are the trainer's flag names with '_' (see --help)")
+    return {k.replace("-", "_"): v for k, v in data.items()}
+
+
+def from_dict(values: dict[str, Any], source: str = "config") -> TrainConfig:
+    cfg = TrainConfig(**values)
+    validate(cfg, source)
+    return cfg
+
+
+def parse_config(argv=None) -> TrainConfig:
+    args = vars(build_parser().parse_args(argv))
+    values = load_yaml(args.pop("config")) if args.get("config") else {}
+    args.pop("config", None)
+    values.update(args)
+    return from_dict(values)
+
+
+def validate(cfg: TrainConfig, source: str = "config") -> None:
+    """Reject values that cannot work, naming the flag and the fix."""
+    for name, f in FIELDS.items():
+        choices = f.metadata["choices"]
+        if choices and getattr(cfg, name) not in choices:
+            raise UserError(f"{source}: {flag(name)} {getattr(cfg, name)!r} is not one of {', '.join(choices)}")
+    if cfg.image_size <= 0 or cfg.image_size % 16:
+        raise UserError(f"{source}: --image-size {cfg.image_size} must be a positive multiple of 16 (the patch size)")
+    for name in ("batch_size", "grad_accum", "n_folds"):
+        if getattr(cfg, name) < 1:
+            raise UserError(f"{source}: {flag(name)} must be >= 1")
+    if cfg.n_folds < 2:
+        raise UserError(f"{source}: --n-folds must be >= 2")
+    bad = [k for k in cfg.folds if not 0 <= k < cfg.n_folds]
+    if bad:
+        raise UserError(f"{source}: --folds {bad} outside 0..{cfg.n_folds - 1}")
+    for name in ("lr", "backbone_lr", "lr_mult"):
+        if getattr(cfg, name) <= 0:
+            raise UserError(f"{source}: {flag(name)} must be > 0")
+    if cfg.use_aos_hallucination and not cfg.use_ndvi_head:
+        raise UserError(f"{source}: --use-aos-hallucination needs --use-ndvi-head (it makes the NDVI head lighting-invariant)")
+    if cfg.use_species_prior and not cfg.use_species_head:
+        raise UserError(f"{source}: --use-species-prior needs --use-species-head (it blends by predicted species)")
+
+
+def save_yaml(cfg: TrainConfig, path) -> None:
+    from src.io_utils import write_text
+
+    write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))

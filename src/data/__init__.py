@@ -1,0 +1,1 @@
+"""Data: the Kaggle file contract, folds, datasets and transforms."""

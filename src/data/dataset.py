@@ -1,0 +1,50 @@
+"""Torch dataset: one sample per quadrat photo, both halves, targets in grams and metadata."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import Dataset
+
+from src.data.transforms import HalfTransform
+from src.targets import TARGETS
+
+
+def read_rgb(path: str | Path) -> np.ndarray:
+    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if img is None:
+        raise OSError(f"cannot read image {path}")
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+class BiomassDataset(Dataset):
+    """Rows of a one-row-per-image table; ``targets`` present for training/validation only."""
+
+    def __init__(self, images: pd.DataFrame, data_dir: str | Path, transform: HalfTransform, seed: int = 0):
+        self.images = images.reset_index(drop=True)
+        self.data_dir = Path(data_dir)
+        self.transform = transform
+        self.seed = seed
+        self.epoch = 0
+        self.has_targets = all(t in self.images.columns for t in TARGETS)
+        self.targets = self.images[list(TARGETS)].to_numpy(np.float32) if self.has_targets else None
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> dict:
+        row = self.images.iloc[i]
+        img = read_rgb(self.data_dir / row["image_path"])
+        # Deterministic per (seed, epoch, image) so DDP and resume see the same augmentations.
+        aug_seed = (self.seed * 1_000_003 + self.epoch * 10_007 + i) % (2**31 - 1)
+        item = {"image": self.transform(img, aug_seed), "index": torch.tensor(i)}
+        if self.has_targets:
+            item["targets"] = torch.tensor(self.targets[i])
+        return item

@@ -1,0 +1,76 @@
+"""Per-half image transforms: split the 2:1 quadrat photo, resize, augment (albumentations), normalise.
+
+Augmentation is seeded per (seed, epoch, image) rather than by worker state, so a run gives the
+same pixels under any number of DDP ranks or DataLoader workers, and a resumed run replays them.
+"""
+
+from __future__ import annotations
+
+import albumentations as A
+import cv2
+import numpy as np
+import torch
+
+# DINOv3 (timm) expects ImageNet statistics.
+MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
+STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+BORDER_FRAC = 0.05  # band blanked by --use-border-mask: cardboard frame and edge artifacts
+
+
+def split_halves(img: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Left and right halves of an H x W photo (W ~ 2H for the quadrat photos)."""
+    mid = img.shape[1] // 2
+    return img[:, :mid], img[:, mid:]
+
+
+def to_square(half: np.ndarray, size: int, pad: bool) -> np.ndarray:
+    """Resize a half to size x size; with ``pad`` keep its aspect ratio by zero-padding first."""
+    if pad and half.shape[0] != half.shape[1]:
+        side = max(half.shape[:2])
+        top, left = (side - half.shape[0]) // 2, (side - half.shape[1]) // 2
+        half = cv2.copyMakeBorder(half, top, side - half.shape[0] - top, left, side - half.shape[1] - left,
+                                  cv2.BORDER_CONSTANT, value=0)
+    interp = cv2.INTER_AREA if half.shape[0] > size else cv2.INTER_LINEAR
+    return cv2.resize(half, (size, size), interpolation=interp)
+
+
+def build_augment(strong: bool, perspective: bool) -> A.Compose:
+    """Training augmentation of one square half. Validation never calls this."""
+    ops: list = [A.HorizontalFlip(p=0.5), A.VerticalFlip(p=0.5)]
+    if strong:
+        ops += [
+            A.RandomRotate90(p=0.5),
+            A.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.02, p=0.5),
+            A.CLAHE(clip_limit=2.0, p=0.2),
+            A.MotionBlur(blur_limit=(3, 5), p=0.2),
+        ]
+    if perspective:
+        # Quadrat corners are hand-annotated; small warps mimic that noise.
+        ops.append(A.Perspective(scale=(0.02, 0.05), keep_size=True, p=0.5))
+    return A.Compose(ops)
+
+
+class HalfTransform:
+    """numpy RGB photo -> float tensor (2, 3, S, S) of normalised left/right halves."""
+
+    def __init__(self, size: int, train: bool, strong_aug: bool = True, perspective: bool = False,
+                 border_mask: bool = False, pad_to_square: bool = False):
+        self.size, self.train, self.border_mask, self.pad = size, train, border_mask, pad_to_square
+        self.augment = build_augment(strong_aug, perspective) if train else None
+
+    def __call__(self, img: np.ndarray, seed: int = 0) -> torch.Tensor:
+        halves = []
+        for k, half in enumerate(split_halves(img)):
+            half = to_square(half, self.size, self.pad)
+            if self.augment is not None:
+                self.augment.set_random_seed(seed * 2 + k)  # each half gets its own draw
+                half = self.augment(image=half)["image"]
+            halves.append(self._normalise(half))
+        return torch.from_numpy(np.stack(halves))
+
+    def _normalise(self, half: np.ndarray) -> np.ndarray:
+        x = (half.astype(np.float32) / 255.0 - MEAN) / STD
+        if self.border_mask:
+            b = max(1, int(round(BORDER_FRAC * self.size)))
+            x[:b], x[-b:], x[:, :b], x[:, -b:] = 0, 0, 0, 0  # 0 = the mean colour after normalising
+        return x.transpose(2, 0, 1)

@@ -1,0 +1,51 @@
+"""Loss terms composed from the config through a registry.
+
+Each family is a module that registers a builder ``(cfg, stats) -> LossTerm | None`` (None when
+its flag is off). The trainer only sees ``Criterion``: total loss plus one named component per
+active term, which is what the per-epoch log and ``history.csv`` show.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn as nn
+
+from src.config import TrainConfig
+
+REGISTRY: dict[str, Callable] = {}
+
+
+def register(name: str):
+    def deco(builder):
+        REGISTRY[name] = builder
+        return builder
+
+    return deco
+
+
+class LossTerm(nn.Module):
+    """A named, weighted loss; ``forward(outputs, batch) -> scalar``."""
+
+    def __init__(self, name: str, weight: float = 1.0):
+        super().__init__()
+        self.name, self.weight = name, weight
+
+
+class Criterion(nn.Module):
+    def __init__(self, terms: list[LossTerm]):
+        super().__init__()
+        self.terms = nn.ModuleList(terms)
+
+    def forward(self, outputs: dict, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        parts = {t.name: t(outputs, batch) for t in self.terms}
+        total = sum(t.weight * parts[t.name] for t in self.terms)
+        return total, parts
+
+
+def build_criterion(cfg: TrainConfig, stats: dict[str, torch.Tensor]) -> Criterion:
+    from src.losses import regression  # noqa: F401  (registers its builders)
+
+    terms = [term for builder in REGISTRY.values() if (term := builder(cfg, stats)) is not None]
+    return Criterion(terms)

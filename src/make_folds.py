@@ -1,0 +1,35 @@
+"""CLI: write the fold CSV (one row per image) and print a per-fold summary."""
+
+from __future__ import annotations
+
+import argparse
+
+from src.data.folds import STRATEGIES, make_folds, summarize
+from src.data.schema import load_train
+from src.errors import cli_main
+from src.io_utils import write_csv
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m src.make_folds", description=__doc__)
+    p.add_argument("--data-dir", default="data", help="folder holding train.csv and train/ (default: data)")
+    p.add_argument("--out", default=None, help="fold CSV to write (default: DATA_DIR/trainfold_<strategy>.csv)")
+    p.add_argument("--n-folds", type=int, default=5, help="number of folds (default: 5)")
+    p.add_argument("--cv-strategy", choices=STRATEGIES, default="group_location", help="default: group_location")
+    p.add_argument("--seed", type=int, default=42, help="default: 42")
+    return p.parse_args(argv)
+
+
+@cli_main
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    images = load_train(args.data_dir)
+    folds = make_folds(images, args.n_folds, args.cv_strategy, args.seed)
+    out = args.out or f"{args.data_dir}/trainfold_{args.cv_strategy}.csv"
+    write_csv(out, folds)
+    print(f"{args.cv_strategy}: {len(folds)} images, {folds['group'].nunique()} site visits -> {out}")
+    print(summarize(folds, images).to_string())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,47 @@
+"""Checkpoint I/O: safetensors weights + the resolved config.yaml, and a resume state file.
+
+Weights never go through pickle. The resume state (optimiser, scheduler, RNG, counters) is a
+plain dict of tensors and numbers loaded with ``weights_only=True``. Every write is atomic.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import yaml
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from src.config import TrainConfig, from_dict, save_yaml
+from src.io_utils import atomic_path
+
+
+def save_weights(model: torch.nn.Module, path: Path, cfg: TrainConfig | None = None, metadata: dict | None = None) -> None:
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata=metadata)
+    if cfg is not None:
+        save_yaml(cfg, Path(path).parent / "config.yaml")
+
+
+def load_weights(model: torch.nn.Module, path: Path) -> None:
+    model.load_state_dict(load_file(str(path)), strict=True)
+
+
+def weights_metadata(path: Path) -> dict:
+    with safe_open(str(path), "pt") as f:
+        return f.metadata() or {}
+
+
+def load_config(fold_dir: Path) -> TrainConfig:
+    return from_dict(yaml.safe_load((Path(fold_dir) / "config.yaml").read_text()), source=str(fold_dir / "config.yaml"))
+
+
+def save_state(path: Path, state: dict) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def load_state(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)

@@ -1,0 +1,214 @@
+"""Train one model on one fold: the two-stage schedule, best/last checkpoints, history and OOF.
+
+Files under ``<output_dir>/fold<k>/``: ``best.safetensors`` + ``config.yaml`` (best validation
+weighted R^2 over both stages), ``last.safetensors`` + ``last_state.pt`` (resume),
+``history.csv`` (one row per epoch), ``oof.parquet`` (the best epoch's validation predictions)
+and ``metrics.json`` (written when the fold is finished).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.nn.parallel import DistributedDataParallel as DDP
+from torch.utils.data import DataLoader, DistributedSampler
+
+from src.config import TrainConfig
+from src.data.dataset import BiomassDataset
+from src.data.transforms import HalfTransform
+from src.errors import UserError
+from src.io_utils import write_csv, write_json, write_parquet
+from src.losses import build_criterion
+from src.metrics import summary
+from src.models.biomass import BiomassModel
+from src.targets import SHORT, TARGETS
+from src.training import checkpoint as ckpt
+from src.training.distributed import DistInfo, all_equal_check, barrier
+from src.training.engine import evaluate, train_one_epoch
+from src.training.monitor import Hints
+from src.training.optim import build_optimizer, build_scheduler, current_lrs
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    epochs: int
+    train_backbone: bool
+    patience: int | None = None
+
+
+def plan_stages(cfg: TrainConfig) -> list[Stage]:
+    if cfg.two_stage:
+        return [
+            Stage("stage1", cfg.freeze_epochs, False, cfg.stage1_patience),
+            Stage("stage2", cfg.stage2_epochs, not cfg.freeze_backbone),
+        ]
+    return [Stage("single", cfg.epochs, not cfg.freeze_backbone)]
+
+
+@dataclass
+class FoldState:
+    """Counters that define where a fold is; saved every epoch for --resume."""
+
+    stage: int = 0
+    stage_epoch: int = 0
+    epoch: int = 0
+    updates: int = 0
+    best: float = float("-inf")
+    best_epoch: int = -1
+    stage_best: float = float("-inf")
+    bad_epochs: int = 0
+    stage2_start: int = -1
+    history: list = field(default_factory=list)
+
+
+def target_stats(train: pd.DataFrame) -> dict[str, torch.Tensor]:
+    y = torch.tensor(train[list(TARGETS)].to_numpy(np.float64))
+    return {"mean": y.mean(0).float(), "std": y.std(0).clamp(min=1e-3).float()}
+
+
+def oof_frame(val: pd.DataFrame, fold: int, pred: np.ndarray) -> pd.DataFrame:
+    df = pd.DataFrame({"image_id": val["image_id"].to_numpy(), "fold": fold, "State": val["State"].to_numpy()})
+    for i, t in enumerate(TARGETS):
+        df[f"true_{t}"] = val[t].to_numpy()
+        df[f"pred_{t}"] = pred[:, i]
+    return df
+
+
+def _format(fold: int, stage: Stage, stage_epoch: int, row: dict, parts: list[str]) -> str:
+    lrs = " ".join(f"{k} {row[f'lr_{k}']:.1e}" for k in ("heads", "backbone") if f"lr_{k}" in row)
+    comp = lambda prefix: ", ".join(f"{p} {row[f'{prefix}_{p}']:.4f}" for p in parts)  # noqa: E731
+    return (
+        f"fold {fold} | {stage.name} {stage_epoch + 1}/{stage.epochs} | lr {lrs} | "
+        f"train {row['train_loss']:.4f} ({comp('train')}) | val {row['val_loss']:.4f} ({comp('val')}) | "
+        f"weighted_r2 {row['weighted_r2']:.4f} r2_dead {row['r2_dead']:.3f} r2_clover {row['r2_clover']:.3f} "
+        f"r2_total {row['r2_total']:.3f}"
+    )
+
+
+def train_fold(cfg: TrainConfig, info: DistInfo, images: pd.DataFrame, folds: pd.Series, fold: int, per_rank_batch: int) -> dict:
+    fold_dir = Path(cfg.output_dir) / f"fold{fold}"
+    train, val = images[folds != fold].reset_index(drop=True), images[folds == fold].reset_index(drop=True)
+    if val.empty:
+        raise UserError(f"fold {fold} has no validation images in the fold CSV; check --fold-csv and --folds")
+    stats = target_stats(train)
+    torch.manual_seed(cfg.seed + fold)
+    model = BiomassModel(cfg, target_scale=stats["std"]).to(info.device)
+    criterion = build_criterion(cfg, stats).to(info.device)
+
+    tf = dict(size=cfg.image_size, border_mask=cfg.use_border_mask, pad_to_square=cfg.use_pad_to_square)
+    train_ds = BiomassDataset(train, cfg.data_dir, HalfTransform(train=True, strong_aug=cfg.strong_aug,
+                              perspective=cfg.use_perspective_jitter, **tf), seed=cfg.seed + fold)
+    val_ds = BiomassDataset(val, cfg.data_dir, HalfTransform(train=False, **tf))
+    # One sampler for one or many ranks: rank r takes perm[r::world], so the union of the ranks'
+    # i-th batches is exactly one process's i-th batch and DDP matches single-process training.
+    sampler = DistributedSampler(train_ds, num_replicas=info.world_size, rank=info.rank, shuffle=True,
+                                 seed=cfg.seed + fold, drop_last=True)
+    pin = info.device.type == "cuda"
+    train_loader = DataLoader(train_ds, batch_size=per_rank_batch, sampler=sampler, num_workers=cfg.num_workers,
+                              drop_last=True, pin_memory=pin)
+    val_loader = DataLoader(val_ds, batch_size=per_rank_batch, shuffle=False, num_workers=cfg.num_workers, pin_memory=pin)
+    steps = len(train_loader) // cfg.grad_accum
+    if steps == 0:
+        raise UserError(
+            f"fold {fold}: {len(train)} training images give no full update at --batch-size {cfg.batch_size} "
+            f"x --grad-accum {cfg.grad_accum}; lower them"
+        )
+
+    state, resume_opt = FoldState(), None
+    last_w, last_s = fold_dir / "last.safetensors", fold_dir / "last_state.pt"
+    if cfg.resume and last_s.exists() and last_w.exists():
+        saved = ckpt.load_state(last_s)
+        if ckpt.weights_metadata(last_w).get("epoch") != str(saved["fold_state"]["epoch"]):
+            raise UserError(f"{fold_dir}: last.safetensors and last_state.pt are from different epochs; delete both to restart the fold")
+        ckpt.load_weights(model, last_w)
+        state = FoldState(**saved["fold_state"])
+        resume_opt = saved
+        if info.is_main:
+            print(f"fold {fold}: resuming after epoch {state.epoch}", flush=True)
+    elif info.is_main:
+        print(f"fold {fold}: {len(train)} train / {len(val)} val images, {steps} updates per epoch", flush=True)
+
+    hints = Hints()
+    stages = plan_stages(cfg)
+    for si in range(state.stage, len(stages)):
+        stage = stages[si]
+        if stage.epochs <= 0:
+            state.stage = si + 1
+            continue
+        if si > 0 and state.stage_epoch == 0 and (fold_dir / "best.safetensors").exists():
+            ckpt.load_weights(model, fold_dir / "best.safetensors")  # Stage 2 starts from Stage 1's best
+            if stage.name == "stage2":
+                state.stage2_start = state.epoch
+        model.freeze_backbone(not stage.train_backbone)
+        wrapped = DDP(model, device_ids=[info.device.index] if info.device.type == "cuda" else None) if info.distributed else model
+        optimizer = build_optimizer(model, cfg, stage.train_backbone)
+        scheduler = build_scheduler(optimizer, cfg, stage.epochs, steps)
+        if resume_opt is not None and state.stage_epoch > 0:  # mid-stage: the saved optimiser is this stage's
+            optimizer.load_state_dict(resume_opt["optimizer"])
+            scheduler.load_state_dict(resume_opt["scheduler"])
+        else:
+            scheduler.step_update(state.updates)
+        resume_opt = None
+        while state.stage == si:
+            sampler.set_epoch(state.epoch)
+            train_ds.set_epoch(state.epoch)
+            train_loss, state.updates = train_one_epoch(
+                wrapped, model, train_loader, criterion, optimizer, scheduler, info, grad_accum=cfg.grad_accum,
+                grad_clip=cfg.grad_clip, updates_done=state.updates, desc=f"fold {fold} {stage.name} ep {state.stage_epoch + 1}",
+            )
+            pred, val_loss = evaluate(model, val_loader, criterion, info.device)
+            scores = summary(val[list(TARGETS)].to_numpy(), pred, val["State"].to_numpy())
+            row = {"epoch": state.epoch, "stage": stage.name, **{f"lr_{k}": v for k, v in current_lrs(optimizer).items()},
+                   **{f"train_{k}" if k != "loss" else "train_loss": v for k, v in train_loss.items()},
+                   **{f"val_{k}" if k != "loss" else "val_loss": v for k, v in val_loss.items()}, **scores}
+            state.history.append(row)
+            score = scores["weighted_r2"] if np.isfinite(scores["weighted_r2"]) else float("-inf")
+            all_equal_check(info, score)
+            if info.is_main:
+                parts = [k[len("train_"):] for k in row if k.startswith("train_") and k != "train_loss"]
+                print(_format(fold, stage, state.stage_epoch, row, parts), flush=True)
+                for msg in hints.check(row["epoch"], row):
+                    print(msg, flush=True)
+            if score > state.best:
+                state.best, state.best_epoch = score, state.epoch
+                if info.is_main:
+                    ckpt.save_weights(model, fold_dir / "best.safetensors", cfg)
+                    write_parquet(fold_dir / "oof.parquet", oof_frame(val, fold, pred))
+            if score > state.stage_best:
+                state.stage_best, state.bad_epochs = score, 0
+            else:
+                state.bad_epochs += 1
+            state.epoch += 1
+            state.stage_epoch += 1
+            stop_stage = stage.patience is not None and state.bad_epochs >= stage.patience
+            if stop_stage or state.stage_epoch >= stage.epochs:
+                state.stage, state.stage_epoch, state.updates = si + 1, 0, 0
+                state.stage_best, state.bad_epochs = float("-inf"), 0
+            if info.is_main:
+                write_csv(fold_dir / "history.csv", pd.DataFrame(state.history))
+                ckpt.save_weights(model, last_w, metadata={"epoch": str(state.epoch)})
+                ckpt.save_state(last_s, {"fold_state": state.__dict__, "optimizer": optimizer.state_dict(),
+                                         "scheduler": scheduler.state_dict()})
+            barrier(info)
+            if stop_stage:
+                if info.is_main:
+                    print(f"fold {fold}: no weighted_r2 gain for {stage.patience} epochs, leaving {stage.name}", flush=True)
+                break
+    result = fold_metrics(fold_dir, state)
+    if info.is_main:
+        write_json(fold_dir / "metrics.json", result)
+        print(f"fold {fold}: best weighted_r2 {state.best:.4f} at epoch {state.best_epoch}", flush=True)
+    barrier(info)
+    return result
+
+
+def fold_metrics(fold_dir: Path, state: FoldState) -> dict:
+    best = state.history[state.best_epoch] if state.best_epoch >= 0 else {}
+    keys = ["weighted_r2", "weighted_r2_log", *[f"r2_{SHORT[t]}" for t in TARGETS]]
+    return {**{k: best.get(k) for k in keys}, "best_epoch": state.best_epoch,
+            "stage2_start_epoch": state.stage2_start if state.stage2_start >= 0 else None, "epochs": state.epoch}

@@ -1,0 +1,36 @@
+"""Shared fixtures: offline environment, a small synthetic dataset in the Kaggle layout."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+
+import shutil  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def demo_data(tmp_path_factory) -> Path:
+    """60 train / 10 test images at 256x128 with a 5-fold CSV; shared, treat as read-only."""
+    from src.data.folds import make_folds
+    from src.data.schema import load_train
+    from src.synth import generate
+
+    out = tmp_path_factory.mktemp("demo")
+    generate(out, n_train=60, n_test=10, seed=0, width=256, height=128)
+    folds = make_folds(load_train(out), n_folds=5, strategy="group_location", seed=42)
+    folds.to_csv(out / "trainfold_group_location.csv", index=False)
+    return out
+
+
+@pytest.fixture
+def demo_copy(demo_data, tmp_path) -> Path:
+    """A private, writable copy of the demo data (for tests that corrupt it)."""
+    dst = tmp_path / "data"
+    shutil.copytree(demo_data, dst)
+    return dst

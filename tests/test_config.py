@@ -1,0 +1,87 @@
+"""Flags: declared once, every guide flag present, YAML + CLI precedence, clear errors."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from src.config import TrainConfig, build_parser, parse_config
+from src.errors import UserError
+from src.training.distributed import DistInfo, per_rank_batch
+from src.training.run import check_implemented
+
+SEED_FLAGS = Path(__file__).resolve().parents[2] / "shared" / "seed" / "flags.txt"
+
+
+def test_every_guide_flag_exists_with_the_guide_default():
+    help_text = build_parser().format_help()
+    if SEED_FLAGS.exists():
+        for flag in SEED_FLAGS.read_text().split():
+            assert f"{flag} " in help_text or f"{flag}\n" in help_text, flag
+    cfg = parse_config([])
+    guide = {"lr": 2e-4, "backbone_lr": 1e-5, "stage1_patience": 10, "freeze_epochs": 30, "stage2_epochs": 20,
+             "epochs": 50, "batch_size": 16, "grad_accum": 1, "backbone_size": "base", "lr_mult": 1.0,
+             "huber_delta": 5.0, "cosine_weight": 0.4, "compositional_weight": 0.1, "mass_balance_weight": 0.2,
+             "height_weight": 0.3, "ndvi_weight": 0.3, "aos_weight": 0.3, "cross_view_weight": 0.1,
+             "depth_model_size": "small", "n_folds": 5, "cv_strategy": "group_location",
+             "fold_csv": "data/trainfold_group_location.csv", "two_stage": True, "smoothl1": True,
+             "train_dead": False, "train_clover": True, "strong_aug": True, "use_depth": True,
+             "depth_attention": True, "use_predefined_folds": True, "seed": 42, "output_dir": "outputs",
+             "data_dir": "data", "image_size": 512, "aux_species_weight": 0.1, "qc_weight": 0.1}
+    for k, v in guide.items():
+        assert getattr(cfg, k) == v, k
+
+
+def test_bool_pairs_and_guide_spellings():
+    assert parse_config(["--no-two-stage"]).two_stage is False
+    assert parse_config(["--no-predefined-folds"]).use_predefined_folds is False
+    assert parse_config(["--train-dead", "--no-train-clover"]).train_dead is True
+    assert parse_config(["--folds", "0", "2"]).folds == [0, 2]
+
+
+def test_yaml_then_cli_precedence_and_strictness(tmp_path):
+    y = tmp_path / "m.yaml"
+    y.write_text("lr: 0.001\nseed: 7\nuse_height_head: true\n")
+    cfg = parse_config(["--config", str(y), "--seed", "9"])
+    assert cfg.lr == 0.001 and cfg.seed == 9 and cfg.use_height_head is True
+    y.write_text("learning_rate: 0.1\n")
+    with pytest.raises(UserError, match="unknown key.*learning_rate"):
+        parse_config(["--config", str(y)])
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--image-size", "100"], "multiple of 16"),
+    (["--folds", "7"], "outside"),
+    (["--use-aos-hallucination"], "needs --use-ndvi-head"),
+    (["--batch-size", "0"], "--batch-size"),
+])  # fmt: skip
+def test_bad_values(argv, words):
+    with pytest.raises(UserError, match=words):
+        parse_config(argv)
+
+
+def test_batch_is_split_over_ranks_and_checked(capsys):
+    assert per_rank_batch(16, DistInfo(rank=0, world_size=2)) == 8
+    assert "DDP batch adjustment: 16 → 8/GPU (effective: 16)" in capsys.readouterr().out
+    with pytest.raises(UserError, match="smaller than the 4 DDP ranks"):
+        per_rank_batch(2, DistInfo(world_size=4))
+
+
+def test_unimplemented_features_refuse_to_run():
+    with pytest.raises(UserError, match="--use-depth.*not implemented yet"):
+        check_implemented(TrainConfig())
+    check_implemented(TrainConfig(use_depth=False, depth_attention=False))
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "src.dinov3_train", *args], capture_output=True, text=True)
+
+
+def test_cli_errors_are_one_line_exit_2(demo_data, tmp_path):
+    proc = _cli("--data-dir", str(demo_data), "--fold-csv", str(tmp_path / "nope.csv"), "--backbone-size", "tiny",
+                "--no-use-depth", "--no-depth-attention", "--output-dir", str(tmp_path / "out"))
+    assert proc.returncode == 2 and "nope.csv: file not found" in proc.stderr and "make_folds" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    proc = _cli("--backbone-size", "gigantic")
+    assert proc.returncode == 2 and "invalid choice" in proc.stderr

@@ -1,0 +1,145 @@
+"""The trainer end to end on tiny models: outputs, DDP == one process, resume == uninterrupted."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from src.config import TrainConfig
+from src.models.biomass import BiomassModel
+from src.training.optim import build_optimizer, build_scheduler
+
+TINY = ["--backbone-size", "tiny", "--backbone-weights", "none", "--image-size", "32", "--no-use-depth",
+        "--no-depth-attention", "--num-workers", "0", "--device", "cpu"]  # fmt: skip
+
+
+def _args(data, out, *extra):
+    return ["--data-dir", str(data), "--fold-csv", str(data / "trainfold_group_location.csv"), "--output-dir",
+            str(out), *TINY, *extra]  # fmt: skip
+
+
+def _train(data, out, *extra, torchrun: int = 0, check=True):
+    if torchrun:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={torchrun}",
+               "-m", "src.dinov3_train", *_args(data, out, *extra)]  # fmt: skip
+    else:
+        cmd = [sys.executable, "-m", "src.dinov3_train", *_args(data, out, *extra)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if check:
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def _weights(path):
+    return load_file(str(path))
+
+
+def _assert_same_weights(a, b, atol):
+    wa, wb = _weights(a), _weights(b)
+    assert wa.keys() == wb.keys()
+    worst = max(float((wa[k].float() - wb[k].float()).abs().max()) for k in wa)
+    assert worst <= atol, worst
+
+
+def test_two_stage_run_writes_every_output(demo_data, tmp_path):
+    out = tmp_path / "m"
+    proc = _train(demo_data, out, "--folds", "1", "--freeze-epochs", "3", "--stage1-patience", "2",
+                  "--stage2-epochs", "2", "--batch-size", "8")
+    fold = out / "fold1"
+    for name in ("best.safetensors", "config.yaml", "last.safetensors", "last_state.pt", "history.csv",
+                 "oof.parquet", "metrics.json"):
+        assert (fold / name).exists(), name
+    hist = pd.read_csv(fold / "history.csv")
+    assert set(hist["stage"]) == {"stage1", "stage2"}
+    assert {"train_loss", "val_loss", "train_smoothl1", "weighted_r2", "r2_dead", "r2_clover", "r2_total"} <= set(hist)
+    # Stage 1 trains heads only; Stage 2 adds the backbone at --backbone-lr
+    assert "lr_backbone" in hist and hist.loc[hist.stage == "stage1", "lr_backbone"].isna().all()
+    assert hist.loc[hist.stage == "stage2", "lr_backbone"].notna().all()
+    oof = pd.read_parquet(fold / "oof.parquet")
+    assert (oof["fold"] == 1).all() and (oof.filter(like="pred_") >= 0).all().all()
+    np.testing.assert_allclose(oof["pred_GDM_g"], oof["pred_Dry_Green_g"] + oof["pred_Dry_Clover_g"], rtol=1e-5, atol=1e-4)
+    assert "weighted_r2" in proc.stdout and "fold 1 | stage1 1/3" in proc.stdout
+    assert (out / "oof_metrics.json").exists()
+
+
+def test_ddp_two_ranks_match_one_process(demo_data, tmp_path):
+    common = ("--folds", "0", "--no-two-stage", "--epochs", "2", "--batch-size", "16", "--warmup-epochs", "0.5")
+    _train(demo_data, tmp_path / "single", *common)
+    ddp = _train(demo_data, tmp_path / "ddp", *common, torchrun=2)
+    assert "DDP batch adjustment: 16 → 8/GPU (effective: 16)" in ddp.stdout
+    assert ddp.stdout.count("fold 0 | single 1/2") == 1  # only rank 0 prints
+    _assert_same_weights(tmp_path / "single/fold0/last.safetensors", tmp_path / "ddp/fold0/last.safetensors", 1e-5)
+    h1, h2 = pd.read_csv(tmp_path / "single/fold0/history.csv"), pd.read_csv(tmp_path / "ddp/fold0/history.csv")
+    np.testing.assert_allclose(h1["weighted_r2"], h2["weighted_r2"], atol=1e-5)
+    np.testing.assert_allclose(h1["train_loss"], h2["train_loss"], rtol=1e-5)
+
+
+def test_resume_after_kill_matches_uninterrupted(demo_data, tmp_path):
+    common = ("--folds", "2", "--freeze-epochs", "3", "--stage1-patience", "5", "--stage2-epochs", "4",
+              "--batch-size", "8")  # fmt: skip
+    _train(demo_data, tmp_path / "full", *common)
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "src.dinov3_train", *_args(demo_data, out, *common)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    hist = out / "fold2" / "history.csv"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if hist.exists() and len(pd.read_csv(hist)) >= 2:
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.05)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    done_before = len(pd.read_csv(hist))
+    assert done_before < 7
+    resumed = _train(demo_data, out, *common, "--resume")
+    assert f"resuming after epoch {done_before}" in resumed.stdout
+    _assert_same_weights(tmp_path / "full/fold2/last.safetensors", out / "fold2/last.safetensors", 1e-5)
+    _assert_same_weights(tmp_path / "full/fold2/best.safetensors", out / "fold2/best.safetensors", 1e-5)
+    assert len(pd.read_csv(hist)) == len(pd.read_csv(tmp_path / "full/fold2/history.csv"))
+
+
+def test_layer_decay_gives_backbone_blocks_different_lrs():
+    cfg = TrainConfig(backbone_size="tiny", backbone_weights="none", image_size=32, lr_mult=0.5, warmup_epochs=0)
+    model = BiomassModel(cfg)
+    opt = build_optimizer(model, cfg, train_backbone=True)
+    sched = build_scheduler(opt, cfg, epochs=2, steps_per_epoch=5)
+    sched.step_update(1)
+    backbone_lrs = sorted({round(g["lr"], 12) for g in opt.param_groups if g["name"] == "backbone"})
+    heads = [g["lr"] for g in opt.param_groups if g["name"] == "heads"]
+    # timm: embeddings, block 0, block 1 + final norm -> scales 0.25, 0.5, 1
+    ratios = [lr / backbone_lrs[-1] for lr in backbone_lrs]
+    assert ratios == pytest.approx([0.25, 0.5, 1.0], rel=1e-5)
+    assert backbone_lrs[-1] <= cfg.backbone_lr and heads[0] > backbone_lrs[-1]
+
+
+def test_local_backbone_weights_file_is_loaded(tmp_path):
+    from safetensors.torch import save_file
+
+    from src.models.backbone import create_backbone
+
+    src = create_backbone("tiny", "none", 32)
+    torch.nn.init.constant_(src.blocks[0].attn.qkv.weight, 0.125)
+    save_file({k: v.contiguous() for k, v in src.state_dict().items()}, str(tmp_path / "w.safetensors"))
+    loaded = create_backbone("tiny", str(tmp_path / "w.safetensors"), 32)
+    assert torch.equal(loaded.blocks[0].attn.qkv.weight, src.blocks[0].attn.qkv.weight)
+    fresh = create_backbone("tiny", "none", 32)
+    assert not torch.equal(fresh.blocks[0].attn.qkv.weight, src.blocks[0].attn.qkv.weight)
+
+
+def test_frozen_stage_leaves_backbone_untouched(demo_data, tmp_path):
+    out = tmp_path / "frozen"
+    _train(demo_data, out, "--folds", "0", "--no-two-stage", "--freeze-backbone", "--epochs", "2", "--batch-size", "8")
+    w = _weights(out / "fold0/last.safetensors")
+    torch.manual_seed(42 + 0)  # the trainer seeds model init with seed + fold
+    init = BiomassModel(TrainConfig(backbone_size="tiny", backbone_weights="none", image_size=32)).state_dict()
+    assert torch.equal(w["backbone.blocks.0.attn.qkv.weight"], init["backbone.blocks.0.attn.qkv.weight"])
+    assert not torch.equal(w["head.mlp.0.weight"], init["head.mlp.0.weight"])
