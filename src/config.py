@@ -78,9 +78,14 @@ class TrainConfig:
     # --- advanced ------------------------------------------------------------------------------
     use_cross_view_consistency: bool = opt(False, "left/right halves must agree per area", "advanced")
     cross_view_weight: float = opt(0.1, "weight of the cross-view loss", "advanced")
-    use_depth: bool = opt(True, "Depth Anything V2 depth features", "advanced")
-    depth_attention: bool = opt(True, "depth-guided attention pooling of patch tokens", "advanced")
+    use_depth: bool = opt(True, "Depth Anything V2 depth features (--no-use-depth: no depth at all)", "advanced")
+    depth_attention: bool = opt(True, "depth-guided attention pooling of patch tokens (needs --use-depth)", "advanced")
     depth_model_size: str = opt("small", "Depth Anything V2 size", "advanced", choices=DEPTH_SIZES)
+    depth_model: str = opt("", "Depth Anything V2 hub id or local dir (default: the hub id of --depth-model-size)", "advanced")
+    depth_cache_dir: str = opt("results/depth", "folder of depth caches (<dir>/<size>/<split>.safetensors)", "advanced")
+    depth_resolution: int = opt(64, "pixels per side of each cached half depth map", "advanced")
+    depth_backend: str = opt("torchvision", "image processor backend the depth cache was made with", "advanced",
+                             choices=("torchvision", "pil"))
     use_state_scaling: bool = opt(False, "per-State scale and bias through a State head (climate correction)", "advanced")
     use_uncertainty: bool = opt(False, "mean + log-variance heads, Gaussian NLL", "advanced")
     use_qc_plausibility: bool = opt(False, "penalties for implausible outputs", "advanced")

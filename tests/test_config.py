@@ -69,9 +69,9 @@ def test_batch_is_split_over_ranks_and_checked(capsys):
 
 
 def test_unimplemented_features_refuse_to_run():
-    with pytest.raises(UserError, match="--use-depth.*not implemented yet"):
-        check_implemented(TrainConfig())
-    check_implemented(TrainConfig(use_depth=False, depth_attention=False))
+    with pytest.raises(UserError, match="--use-huber.*not implemented yet"):
+        check_implemented(TrainConfig(use_huber=True))
+    check_implemented(TrainConfig())
 
 
 def _cli(*args):

@@ -35,7 +35,8 @@ def to_square(half: np.ndarray, size: int, pad: bool) -> np.ndarray:
 
 
 def build_augment(strong: bool, perspective: bool) -> A.Compose:
-    """Training augmentation of one square half. Validation never calls this."""
+    """Training augmentation of one square half. Validation never calls this. A depth map passed
+    as ``depth`` gets the same geometric transforms as the image and none of the colour ones."""
     ops: list = [A.HorizontalFlip(p=0.5), A.VerticalFlip(p=0.5)]
     if strong:
         ops += [
@@ -47,26 +48,44 @@ def build_augment(strong: bool, perspective: bool) -> A.Compose:
     if perspective:
         # Quadrat corners are hand-annotated; small warps mimic that noise.
         ops.append(A.Perspective(scale=(0.02, 0.05), keep_size=True, p=0.5))
-    return A.Compose(ops)
+    return A.Compose(ops, additional_targets={"depth": "mask"})
+
+
+PATCH = 16  # the backbone's patch size: depth features are pooled to its token grid
+
+
+def depth_patch_features(depth: np.ndarray) -> np.ndarray:
+    """(S, S) depth -> (2, S/16, S/16): mean and standard deviation inside each backbone patch."""
+    g = depth.shape[0] // PATCH
+    blocks = depth[: g * PATCH, : g * PATCH].reshape(g, PATCH, g, PATCH)
+    return np.stack([blocks.mean(axis=(1, 3)), blocks.std(axis=(1, 3))]).astype(np.float32)
 
 
 class HalfTransform:
-    """numpy RGB photo -> float tensor (2, 3, S, S) of normalised left/right halves."""
+    """numpy RGB photo (and optional (2, R, R) half depth maps) -> normalised left/right halves
+    (2, 3, S, S) (and per-patch depth features (2, 2, S/16, S/16), aligned with the pixels)."""
 
     def __init__(self, size: int, train: bool, strong_aug: bool = True, perspective: bool = False,
                  border_mask: bool = False, pad_to_square: bool = False):
         self.size, self.train, self.border_mask, self.pad = size, train, border_mask, pad_to_square
         self.augment = build_augment(strong_aug, perspective) if train else None
 
-    def __call__(self, img: np.ndarray, seed: int = 0) -> torch.Tensor:
-        halves = []
+    def __call__(self, img: np.ndarray, seed: int = 0, depth: np.ndarray | None = None):
+        halves, feats = [], []
         for k, half in enumerate(split_halves(img)):
             half = to_square(half, self.size, self.pad)
+            d = None
+            if depth is not None:
+                d = cv2.resize(depth[k].astype(np.float32), (self.size, self.size), interpolation=cv2.INTER_LINEAR)
             if self.augment is not None:
                 self.augment.set_random_seed(seed * 2 + k)  # each half gets its own draw
-                half = self.augment(image=half)["image"]
+                out = self.augment(image=half, **({} if d is None else {"depth": d}))
+                half, d = out["image"], out.get("depth")
             halves.append(self._normalise(half))
-        return torch.from_numpy(np.stack(halves))
+            if d is not None:
+                feats.append(depth_patch_features(d))
+        image = torch.from_numpy(np.stack(halves))
+        return image if depth is None else (image, torch.from_numpy(np.stack(feats)))
 
     def _normalise(self, half: np.ndarray) -> np.ndarray:
         x = (half.astype(np.float32) / 255.0 - MEAN) / STD

@@ -13,6 +13,7 @@ import torch.nn as nn
 
 from src.config import TrainConfig
 from src.models.backbone import create_backbone
+from src.models.depth import DepthAttention, DepthFeatures
 from src.models.heads import DensityHead
 from src.targets import TARGETS, complete, direct_targets
 
@@ -29,6 +30,8 @@ class BiomassModel(nn.Module):
         self.num_prefix = self.backbone.num_prefix_tokens
         self.direct = direct_targets(cfg.train_dead, cfg.train_clover)
         self.head = DensityHead(self.backbone.num_features, len(self.direct))
+        self.depth_features = DepthFeatures(self.backbone.num_features) if cfg.use_depth else None
+        self.depth_attention = DepthAttention() if cfg.use_depth and cfg.depth_attention else None
         scale = torch.ones(len(TARGETS)) if target_scale is None else torch.as_tensor(target_scale, dtype=torch.float32)
         self.register_buffer("target_scale", scale.clone())
         self._direct_idx = [TARGETS.index(t) for t in self.direct]
@@ -49,12 +52,26 @@ class BiomassModel(nn.Module):
             t = self.backbone.forward_features(flat)
         return t[:, 0], t[:, self.num_prefix:]
 
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    @property
+    def uses_depth(self) -> bool:
+        return self.depth_features is not None
+
+    def forward(self, x: torch.Tensor, depth: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """x (B, 2, 3, S, S); depth (B, 2, 2, S/16, S/16) per-patch depth features when the model uses depth."""
         b = x.shape[0]
         cls, patches = self.tokens(x)
+        if self.uses_depth:
+            if depth is None:
+                raise ValueError("this model was built with depth: pass the depth features")
+            depth = depth.flatten(0, 1)
+            patches = self.depth_features(patches, depth)
         density = self.head(patches, cls)  # (B*2, N, 3)
+        if self.depth_attention is not None:
+            pooled = (density * self.depth_attention(depth)[..., None]).sum(1)
+        else:
+            pooled = density.mean(1)
         scale = self.target_scale[self._direct_idx]
-        per_half = (density.mean(1) * scale).view(b, 2, -1)  # grams, as if the half were the whole quadrat
+        per_half = (pooled * scale).view(b, 2, -1)  # grams, as if the half were the whole quadrat
         direct = per_half.mean(1)
         full = complete(dict(zip(self.direct, direct.unbind(-1))))
         return {"pred": torch.stack([full[t] for t in TARGETS], dim=-1), "per_half": per_half}

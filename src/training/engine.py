@@ -48,7 +48,7 @@ def train_one_epoch(model, raw_model, loader, criterion, optimizer, scheduler, i
         no_sync = model.no_sync() if info.distributed and not sync_now else contextlib.nullcontext()
         with no_sync:
             with autocast(info.device):
-                outputs = model(batch["image"])
+                outputs = model(batch["image"], batch.get("depth"))
             loss, parts = criterion(_float(outputs), batch)
             (loss / grad_accum).backward()
         if sync_now:
@@ -84,7 +84,7 @@ def evaluate(raw_model, loader, criterion, device: torch.device) -> tuple[np.nda
     for batch in loader:
         batch = _to(batch, device)
         with autocast(device):
-            outputs = raw_model(batch["image"])
+            outputs = raw_model(batch["image"], batch.get("depth"))
         outputs = _float(outputs)
         preds.append(outputs["pred"].cpu().numpy())
         if "targets" in batch:

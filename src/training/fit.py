@@ -90,9 +90,12 @@ def _format(fold: int, stage: Stage, stage_epoch: int, row: dict, parts: list[st
     )
 
 
-def train_fold(cfg: TrainConfig, info: DistInfo, images: pd.DataFrame, folds: pd.Series, fold: int, per_rank_batch: int) -> dict:
+def train_fold(cfg: TrainConfig, info: DistInfo, images: pd.DataFrame, folds: pd.Series, fold: int, per_rank_batch: int,
+               depth: np.ndarray | None = None) -> dict:
+    """``depth``: cached half depth maps in ``images`` row order (None without --use-depth)."""
     fold_dir = Path(cfg.output_dir) / f"fold{fold}"
-    train, val = images[folds != fold].reset_index(drop=True), images[folds == fold].reset_index(drop=True)
+    is_val = (folds == fold).to_numpy()
+    train, val = images[~is_val].reset_index(drop=True), images[is_val].reset_index(drop=True)
     if val.empty:
         raise UserError(f"fold {fold} has no validation images in the fold CSV; check --fold-csv and --folds")
     stats = target_stats(train)
@@ -102,8 +105,9 @@ def train_fold(cfg: TrainConfig, info: DistInfo, images: pd.DataFrame, folds: pd
 
     tf = dict(size=cfg.image_size, border_mask=cfg.use_border_mask, pad_to_square=cfg.use_pad_to_square)
     train_ds = BiomassDataset(train, cfg.data_dir, HalfTransform(train=True, strong_aug=cfg.strong_aug,
-                              perspective=cfg.use_perspective_jitter, **tf), seed=cfg.seed + fold)
-    val_ds = BiomassDataset(val, cfg.data_dir, HalfTransform(train=False, **tf))
+                              perspective=cfg.use_perspective_jitter, **tf), seed=cfg.seed + fold,
+                              depth=None if depth is None else depth[~is_val])
+    val_ds = BiomassDataset(val, cfg.data_dir, HalfTransform(train=False, **tf), depth=None if depth is None else depth[is_val])
     # One sampler for one or many ranks: rank r takes perm[r::world], so the union of the ranks'
     # i-th batches is exactly one process's i-th batch and DDP matches single-process training.
     sampler = DistributedSampler(train_ds, num_replicas=info.world_size, rank=info.rank, shuffle=True,

@@ -11,6 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 from src.config import TrainConfig, flag
+from src.data.depth import load_for_config
 from src.data.folds import make_folds, read_fold_csv
 from src.data.schema import load_train
 from src.errors import UserError
@@ -22,7 +23,7 @@ from src.training.fit import train_fold
 
 # Flags of the guide whose features land in later issues; they parse, and refuse to run until then.
 NOT_YET = {
-    "use_depth": 4, "depth_attention": 4, "use_huber": 5, "use_planthydra_loss": 5, "use_log_transform": 5,
+    "use_huber": 5, "use_planthydra_loss": 5, "use_log_transform": 5,
     "use_cosine_sim": 5, "use_compositional": 5, "use_mass_balance": 5, "use_height_head": 5, "use_ndvi_head": 5,
     "use_species_head": 5, "use_species_prior": 5, "use_aos_hallucination": 5, "use_presence_heads": 5,
     "use_cross_view_consistency": 5, "use_state_scaling": 5, "use_uncertainty": 5, "use_qc_plausibility": 5,
@@ -68,6 +69,7 @@ def run(cfg: TrainConfig) -> dict | None:
     check_implemented(cfg)
     images = load_train(cfg.data_dir)
     folds = resolve_folds(cfg, images)
+    depth = load_for_config(cfg, "train", images["image_id"].tolist())
     info = setup(cfg.device)
     try:
         per_rank = per_rank_batch(cfg.batch_size, info)
@@ -75,7 +77,7 @@ def run(cfg: TrainConfig) -> dict | None:
         if info.is_main:
             print(f"device {info.device} x {info.world_size} | backbone {cfg.backbone_size} | folds {todo}", flush=True)
         for k in todo:
-            train_fold(cfg, info, images, folds, k, per_rank)
+            train_fold(cfg, info, images, folds, k, per_rank, depth)
         if not info.is_main:
             return None
         scores = merge_oof(Path(cfg.output_dir), folds.nunique())
