@@ -53,26 +53,48 @@ def _relu(x):
     return x.clamp(min=0) if hasattr(x, "clamp") else (x > 0) * x
 
 
-def complete(direct: dict) -> dict:
+def complete(direct: dict, clip: bool = True) -> dict:
     """Fill in the two derived targets from any valid set of three direct ones.
 
-    Derived masses that would be negative (a component larger than its total) are clipped at 0,
-    e.g. Dead = max(Total - GDM, 0).
+    A derived mass that would be negative (a component larger than its total) is clipped at 0
+    and the total it came from is re-summed, so the outputs always obey both relations: e.g. a
+    predicted Total below GDM gives Dead = 0 and Total = GDM. ``clip=False`` keeps the raw
+    differences instead (negative masses included), for the penalties that train them away.
     """
     out = dict(direct)
     green = out["Dry_Green_g"]
     if "Dry_Clover_g" in out and "GDM_g" not in out:
         out["GDM_g"] = green + out["Dry_Clover_g"]
     elif "GDM_g" in out and "Dry_Clover_g" not in out:
-        out["Dry_Clover_g"] = _relu(out["GDM_g"] - green)
+        out["Dry_Clover_g"] = out["GDM_g"] - green
+        if clip:
+            out["Dry_Clover_g"] = _relu(out["Dry_Clover_g"])
+            out["GDM_g"] = green + out["Dry_Clover_g"]
     if "Dry_Dead_g" in out and "Dry_Total_g" not in out:
         out["Dry_Total_g"] = out["GDM_g"] + out["Dry_Dead_g"]
     elif "Dry_Total_g" in out and "Dry_Dead_g" not in out:
-        out["Dry_Dead_g"] = _relu(out["Dry_Total_g"] - out["GDM_g"])
+        out["Dry_Dead_g"] = out["Dry_Total_g"] - out["GDM_g"]
+        if clip:
+            out["Dry_Dead_g"] = _relu(out["Dry_Dead_g"])
+            out["Dry_Total_g"] = out["GDM_g"] + out["Dry_Dead_g"]
     missing = [t for t in TARGETS if t not in out]
     if missing:
         raise ValueError(f"cannot derive {missing} from {sorted(direct)}")
     return out
+
+
+# Columns of TARGETS as combinations of the three components (Green, Dead, Clover).
+COMPOSITION = ((1, 0, 0), (0, 1, 0), (0, 0, 1), (1, 0, 1), (1, 1, 1))
+
+
+def reconcile(five):
+    """Least-squares projection of five free predictions (..., 5) onto the label relations:
+    the closest (Green, Dead, Clover) >= 0, expanded back to five consistent targets."""
+    import torch
+
+    a = torch.tensor(COMPOSITION, dtype=five.dtype, device=five.device)  # (5, 3)
+    components = (five @ a @ torch.linalg.inv(a.T @ a)).clamp(min=0)
+    return components @ a.T
 
 
 def relation_errors(green, dead, clover, gdm, total):

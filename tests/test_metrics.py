@@ -64,5 +64,18 @@ def test_every_direct_choice_recovers_consistent_labels(train_dead, train_clover
 def test_derived_masses_are_clipped_at_zero_for_numpy_and_torch():
     out = complete({"Dry_Green_g": np.array([10.0]), "Dry_Clover_g": np.array([2.0]), "Dry_Total_g": np.array([8.0])})
     assert out["GDM_g"][0] == 12.0 and out["Dry_Dead_g"][0] == 0.0
+    assert out["Dry_Total_g"][0] == 12.0  # re-summed: the relations hold even where a total was too small
+    raw = complete({"Dry_Green_g": np.array([10.0]), "Dry_Clover_g": np.array([2.0]), "Dry_Total_g": np.array([8.0])}, clip=False)
+    assert raw["Dry_Dead_g"][0] == -4.0 and raw["Dry_Total_g"][0] == 8.0
     t = complete({"Dry_Green_g": torch.tensor([5.0]), "GDM_g": torch.tensor([3.0]), "Dry_Dead_g": torch.tensor([1.0])})
-    assert float(t["Dry_Clover_g"]) == 0.0 and float(t["Dry_Total_g"]) == 4.0
+    assert float(t["Dry_Clover_g"]) == 0.0 and float(t["GDM_g"]) == 5.0 and float(t["Dry_Total_g"]) == 6.0
+
+
+def test_reconcile_projects_free_predictions_onto_the_relations():
+    from src.targets import reconcile
+
+    consistent = torch.tensor([[10.0, 4.0, 2.0, 12.0, 16.0]])
+    assert torch.allclose(reconcile(consistent), consistent, atol=1e-5)
+    out = reconcile(torch.tensor([[10.0, 4.0, 2.0, 15.0, 14.0], [1.0, 0.0, 0.0, 0.0, 0.0]]))
+    g, d, c, gdm, tot = out.unbind(-1)
+    assert torch.allclose(gdm, g + c) and torch.allclose(tot, g + d + c) and (out >= 0).all()

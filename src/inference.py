@@ -1,0 +1,256 @@
+"""Prediction with trained fold models: load ``<model_dir>/fold<k>/best.safetensors``, predict
+grams per photo (optional flip TTA, mean over folds), and build the Kaggle / per-photo tables.
+
+Library only (no argparse); ``python -m src.predict`` is the command line. Images go through the
+trainer's own validation path (``read_rgb`` + ``HalfTransform(train=False)`` via
+``BiomassDataset``), so a fold model here reproduces its ``oof.parquet`` predictions.
+
+Predictions obey the label relations: each model's outputs do (``targets.complete``), and means
+over views and folds keep them; ``check_predictions`` guards that.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import yaml
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from src.config import TrainConfig
+from src.data import schema
+from src.data.dataset import BiomassDataset
+from src.data.transforms import HalfTransform
+from src.errors import UserError
+from src.models.biomass import BiomassModel
+from src.targets import G_PER_QUADRAT_TO_KG_PER_HA, TARGETS
+from src.training.checkpoint import load_config, load_weights
+from src.training.engine import autocast
+
+CHECKPOINT = "best.safetensors"
+_IDX = {t: i for i, t in enumerate(TARGETS)}
+
+FoldModel = tuple[int, TrainConfig, BiomassModel]
+
+
+# --- models --------------------------------------------------------------------------------------
+
+
+def _train_hint(model_dir: Path) -> str:
+    return f"train them with: python -m src.dinov3_train --data-dir DATA --output-dir {model_dir}"
+
+
+def _fold_number(fold_dir: Path) -> int | None:
+    m = re.fullmatch(r"fold(\d+)", fold_dir.name)
+    return int(m.group(1)) if m else None
+
+
+def load_fold_models(model_dir: str | Path, device: torch.device | str = "cpu") -> list[FoldModel]:
+    """Every ``fold<k>/best.safetensors`` under ``model_dir`` with its ``config.yaml``, in fold
+    order, in eval mode on ``device``. The backbone is built without hub access; all weights
+    (and the ``target_scale`` buffer) come from the checkpoint, loaded strictly."""
+    model_dir = Path(model_dir)
+    device = torch.device(device)
+    if not model_dir.is_dir():
+        raise UserError(f"--model-dir {model_dir}: directory not found; {_train_hint(model_dir)}")
+    found = sorted(
+        (k, p.parent) for p in model_dir.glob(f"fold*/{CHECKPOINT}") if (k := _fold_number(p.parent)) is not None
+    )
+    if not found:
+        raise UserError(f"--model-dir {model_dir}: no fold*/{CHECKPOINT} checkpoints; {_train_hint(model_dir)}")
+    models = []
+    for k, fold_dir in found:
+        ckpt = fold_dir / CHECKPOINT
+        if not (fold_dir / "config.yaml").is_file():
+            raise UserError(
+                f"{fold_dir / 'config.yaml'}: not found beside {ckpt}; retrain fold {k} or copy its config.yaml back"
+            )
+        try:
+            cfg = load_config(fold_dir)
+        except (TypeError, ValueError, AttributeError, yaml.YAMLError) as exc:  # unknown keys are TypeErrors
+            raise UserError(
+                f"{fold_dir / 'config.yaml'}: not a trainer config ({str(exc).splitlines()[0][:200]}); retrain fold {k}"
+            )
+        model = BiomassModel(cfg, weights="none")
+        try:
+            load_weights(model, ckpt)
+        except Exception as exc:  # safetensors raises its own error types on corrupt files
+            first = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+            raise UserError(
+                f"{ckpt}: cannot load into the model described by its config.yaml ({first}); retrain fold {k}"
+            )
+        models.append((k, cfg, model.to(device).eval()))
+    return models
+
+
+# --- images --------------------------------------------------------------------------------------
+
+
+def check_photos(paths: Sequence[str | Path]) -> list[Path]:
+    """Each photo must exist and open as an image; the first that does not is a UserError."""
+    if not paths:
+        raise UserError("--images: give at least one photo")
+    out = []
+    for p in map(Path, paths):
+        if not p.is_file():
+            raise UserError(f"photo {p}: file not found; check the path")
+        try:
+            with Image.open(p) as im:
+                im.verify()
+        except (UnidentifiedImageError, OSError, SyntaxError):
+            raise UserError(f"photo {p}: not a readable image; give a JPEG or PNG photo of the quadrat")
+        out.append(p.resolve())
+    return out
+
+
+def _as_table(images, data_dir) -> tuple[pd.DataFrame, Path]:
+    if isinstance(images, pd.DataFrame):
+        if "image_path" not in images.columns:
+            raise ValueError("images DataFrame needs an image_path column")
+        if data_dir is None:
+            raise ValueError("a DataFrame of image paths needs data_dir")
+        return images[["image_path"]].reset_index(drop=True), Path(data_dir)
+    # Absolute paths: Path(".") / "/abs/x.jpg" is "/abs/x.jpg" inside BiomassDataset.
+    return pd.DataFrame({"image_path": [str(Path(p).resolve()) for p in images]}), Path(".")
+
+
+def _views(x: torch.Tensor, tta: bool) -> list[torch.Tensor]:
+    """x (B, 2, 3, S, S): identity, then both halves flipped horizontally, then vertically."""
+    return [x, x.flip(-1), x.flip(-2)] if tta else [x]
+
+
+def check_predictions(pred: np.ndarray, atol: float = 1e-4) -> None:
+    """Finite, non-negative, and obeying both mass relations; else RuntimeError (a model bug)."""
+    if pred.ndim != 2 or pred.shape[1] != len(TARGETS):
+        raise RuntimeError(f"predictions have shape {pred.shape}, expected (N, {len(TARGETS)})")
+    if not np.isfinite(pred).all():
+        raise RuntimeError("non-finite predictions; the checkpoint is probably broken (NaN weights), retrain it")
+    if (pred < 0).any():
+        raise RuntimeError(f"negative predictions (min {pred.min():.4g} g)")
+    g, d, c, gdm, tot = (pred[:, _IDX[t]] for t in TARGETS)
+    tol = atol * np.maximum(1.0, np.abs(tot))
+    if (np.abs(gdm - (g + c)) > tol).any() or (np.abs(tot - (g + d + c)) > tol).any():
+        raise RuntimeError("predictions break GDM = Green + Clover or Total = Green + Dead + Clover")
+
+
+@torch.no_grad()
+def predict_images(
+    models: Sequence[FoldModel],
+    images,
+    data_dir: str | Path | None = None,
+    *,
+    tta: bool = True,
+    batch_size: int = 8,
+    device: torch.device | str | None = None,
+    num_workers: int = 0,
+    desc: str = "predict",
+) -> np.ndarray:
+    """Grams (N, 5), columns in ``targets.TARGETS`` order, one row per image.
+
+    ``images``: photo paths, or a one-row-per-image DataFrame with ``image_path`` relative to
+    ``data_dir``. With ``tta`` each fold model's prediction is the mean over identity, horizontal
+    and vertical flips (of both halves); the result is the mean over the fold models."""
+    if not models:
+        raise ValueError("no models to predict with")
+    if batch_size < 1:
+        raise UserError(f"--batch-size {batch_size} must be >= 1")
+    table, root = _as_table(images, data_dir)
+    device = torch.device(device) if device is not None else next(models[0][2].parameters()).device
+    total = np.zeros((len(table), len(TARGETS)), dtype=np.float64)
+    if len(table) == 0:
+        return total
+    # Models sharing a preprocessing share one pass over the images.
+    groups: dict[tuple, list[BiomassModel]] = {}
+    for _, cfg, model in models:
+        groups.setdefault((cfg.image_size, cfg.use_border_mask, cfg.use_pad_to_square), []).append(model)
+    n_batches = -(-len(table) // batch_size)
+    with tqdm(total=n_batches * len(groups), desc=desc, unit="batch", dynamic_ncols=True) as bar:
+        for (size, border, pad), group in groups.items():
+            ds = BiomassDataset(
+                table, root, HalfTransform(size=size, train=False, border_mask=border, pad_to_square=pad)
+            )
+            loader = DataLoader(
+                ds, batch_size=batch_size, shuffle=False, num_workers=num_workers, pin_memory=device.type == "cuda"
+            )
+            try:
+                for batch in loader:
+                    idx = batch["index"].numpy()
+                    x = batch["image"].to(device, non_blocking=True)
+                    for model in group:
+                        views = _views(x, tta)
+                        acc = np.zeros((len(idx), len(TARGETS)), dtype=np.float64)  # float64 on the host (MPS has none)
+                        for v in views:
+                            with autocast(device):
+                                acc += model(v)["pred"].float().cpu().numpy()
+                        total[idx] += acc / len(views)
+                    bar.update(1)
+            except OSError as exc:  # read_rgb: "cannot read image <path>"
+                raise UserError(f"{exc}; replace the image or drop it")
+    pred = total / len(models)
+    check_predictions(pred)
+    return pred
+
+
+# --- tables and files ----------------------------------------------------------------------------
+
+
+def predict_split(models: Sequence[FoldModel], data_dir: str | Path, split: str = "test", **kw) -> pd.DataFrame:
+    """One row per image of ``<data_dir>/<split>.csv``: image_id and the five targets in grams."""
+    if split not in ("test", "train"):
+        raise UserError(f"--split {split!r} must be test or train")
+    images = schema.load_test(data_dir) if split == "test" else schema.load_train(data_dir)
+    pred = predict_images(models, images, data_dir, desc=f"predict {split}", **kw)
+    out = pd.DataFrame({"image_id": images["image_id"].to_numpy()})
+    for i, t in enumerate(TARGETS):
+        out[t] = pred[:, i]
+    return out
+
+
+def submission(pred: pd.DataFrame, data_dir: str | Path) -> pd.DataFrame:
+    """Kaggle ``sample_id,target`` rows for ``pred`` (one row per test image): in the row order
+    of ``<data_dir>/sample_submission.csv`` when it exists, else of ``test.csv``."""
+    data_dir = Path(data_dir)
+    test_path, sample_path = data_dir / "test.csv", data_dir / "sample_submission.csv"
+    wanted = schema.read_csv(test_path, schema.TEST_COLUMNS, "put the Kaggle test.csv in the data directory")[
+        "sample_id"
+    ]
+    long = schema.wide_to_long(pred).set_index("sample_id")["target"]
+    if sample_path.exists():
+        order = schema.read_csv(sample_path, ("sample_id", "target"), "use the Kaggle sample_submission.csv")[
+            "sample_id"
+        ]
+        dup = order[order.duplicated()]
+        if not dup.empty:
+            raise UserError(f"{sample_path}: sample_id {dup.iloc[0]!r} appears more than once; use the Kaggle file")
+        extra, missing = sorted(set(order) - set(wanted)), sorted(set(wanted) - set(order))
+        if extra or missing:
+            what = (
+                f"{len(extra)} sample_id(s) not in test.csv (e.g. {extra[0]!r})"
+                if extra
+                else f"it lacks {len(missing)} sample_id(s) of test.csv (e.g. {missing[0]!r})"
+            )
+            raise UserError(f"{sample_path}: does not match {test_path}: {what}; use the two files of the same release")
+    else:
+        order = wanted
+    return pd.DataFrame({"sample_id": order.to_numpy(), "target": long.loc[order.to_numpy()].to_numpy()})
+
+
+def kg_per_ha_column(target: str) -> str:
+    """``Dry_Green_g`` -> ``Dry_Green_kg_ha``."""
+    return target.removesuffix("_g") + "_kg_ha"
+
+
+def photo_table(paths: Sequence[str | Path], pred: np.ndarray) -> pd.DataFrame:
+    """One row per photo: the five masses in grams per quadrat, then in kg dry matter per hectare."""
+    out = pd.DataFrame({"photo": [str(p) for p in paths]})
+    for i, t in enumerate(TARGETS):
+        out[t] = pred[:, i]
+    for i, t in enumerate(TARGETS):
+        out[kg_per_ha_column(t)] = pred[:, i] * G_PER_QUADRAT_TO_KG_PER_HA
+    return out

@@ -1,0 +1,105 @@
+"""CLI: predict biomass with the fold models of a training run (mean over folds, flip TTA).
+
+Kaggle layout -> ``<out-dir>/test_pred.parquet`` (one row per image, grams) + ``submission.csv``:
+
+    python -m src.predict --model-dir outputs --data-dir data --split test
+
+Your own quadrat photos -> a table in grams per quadrat and kg dry matter per hectare:
+
+    python -m src.predict --model-dir outputs --images a.jpg b.jpg [--out masses.csv]
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pandas as pd
+
+from src.errors import UserError, cli_main
+from src.inference import check_photos, load_fold_models, photo_table, predict_images, predict_split, submission
+from src.io_utils import write_csv, write_parquet
+from src.training.distributed import pick_device
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m src.predict", description=__doc__.split("\n\n")[0])
+    p.add_argument(
+        "--model-dir", required=True, help="training --output-dir holding fold<k>/best.safetensors + config.yaml"
+    )
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--data-dir", help="Kaggle-layout folder with test.csv (and sample_submission.csv)")
+    src.add_argument("--images", nargs="+", metavar="PHOTO", help="quadrat photos (2:1, both halves side by side)")
+    p.add_argument(
+        "--split",
+        choices=("test", "train"),
+        default="test",
+        help="with --data-dir: which CSV to predict (train is for checks; no submission) (default: test)",
+    )
+    p.add_argument("--out-dir", help="with --data-dir: where the files go (default: --model-dir)")
+    p.add_argument("--out", metavar="FILE.csv", help="with --images: also write the table as CSV")
+    p.add_argument(
+        "--tta",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="average identity, horizontal and vertical flips (default: on)",
+    )
+    p.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default: 8)")
+    p.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes (default: 0)")
+    p.add_argument(
+        "--device",
+        choices=("auto", "cuda", "mps", "cpu"),
+        default="auto",
+        help="auto (cuda > mps > cpu), cuda, mps or cpu (default: auto)",
+    )
+    return p
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    if args.images and (args.out_dir or args.split != "test"):
+        raise UserError("--out-dir and --split go with --data-dir; with --images use --out FILE.csv")
+    if args.data_dir and args.out:
+        raise UserError("--out goes with --images; with --data-dir use --out-dir DIR")
+    if args.batch_size < 1 or args.num_workers < 0:
+        raise UserError("--batch-size must be >= 1 and --num-workers >= 0")
+
+
+@cli_main
+def main(argv=None) -> None:
+    args = build_parser().parse_args(argv)
+    _check_args(args)
+    photos = check_photos(args.images) if args.images else None
+    device = pick_device(args.device)
+    models = load_fold_models(args.model_dir, device)
+    kw = dict(tta=args.tta, batch_size=args.batch_size, device=device, num_workers=args.num_workers)
+    print(
+        f"{len(models)} fold model(s) {[k for k, _, _ in models]} on {device}, TTA {'on' if args.tta else 'off'}",
+        flush=True,
+    )
+
+    if photos is not None:
+        table = photo_table(args.images, predict_images(models, photos, **kw))
+        with pd.option_context(
+            "display.width", 250, "display.max_columns", None, "display.float_format", "{:.2f}".format
+        ):
+            print(table.to_string(index=False))
+        print("grams per 70 x 30 cm quadrat; *_kg_ha = kg dry matter per hectare")
+        if args.out:
+            write_csv(args.out, table)
+            print(f"wrote {args.out}")
+        return
+
+    out_dir = Path(args.out_dir or args.model_dir)
+    pred = predict_split(models, args.data_dir, args.split, **kw)
+    sub = submission(pred, args.data_dir) if args.split == "test" else None  # checked before anything is written
+    pred_path = out_dir / f"{args.split}_pred.parquet"
+    write_parquet(pred_path, pred)
+    print(f"wrote {pred_path} ({len(pred)} images)")
+    if sub is not None:
+        sub_path = out_dir / "submission.csv"
+        write_csv(sub_path, sub)
+        print(f"wrote {sub_path} ({len(sub)} rows)")
+
+
+if __name__ == "__main__":
+    main()
