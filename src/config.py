@@ -172,8 +172,20 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 
 
 def from_dict(values: dict[str, Any], source: str = "config") -> TrainConfig:
+    unknown = sorted(set(values) - set(FIELDS))
+    if unknown:
+        raise UserError(f"{source}: unknown key(s) {', '.join(unknown)}; keys are the trainer's flag names with '_'")
     cfg = TrainConfig(**values)
     validate(cfg, source)
+    return resolve(cfg)
+
+
+def resolve(cfg: TrainConfig) -> TrainConfig:
+    """Expand umbrella flags, so the config written beside a checkpoint says what ran."""
+    if cfg.use_planthydra_loss:
+        cfg.use_log_transform = cfg.use_cosine_sim = cfg.use_compositional = True
+    if not cfg.use_depth:
+        cfg.depth_attention = False  # depth attention weights patches by depth: no depth, no attention
     return cfg
 
 
@@ -208,6 +220,18 @@ def validate(cfg: TrainConfig, source: str = "config") -> None:
         raise UserError(f"{source}: --use-aos-hallucination needs --use-ndvi-head (it makes the NDVI head lighting-invariant)")
     if cfg.use_species_prior and not cfg.use_species_head:
         raise UserError(f"{source}: --use-species-prior needs --use-species-head (it blends by predicted species)")
+    if (cfg.use_compositional or cfg.use_planthydra_loss) and (cfg.train_dead or not cfg.train_clover):
+        raise UserError(f"{source}: --use-compositional (or --use-planthydra-loss) gives every target its own head; "
+                        "drop --train-dead / --no-train-clover")
+    if not 0 <= cfg.species_prior_strength <= 1:
+        raise UserError(f"{source}: --species-prior-strength must be within 0..1")
+    if cfg.huber_delta <= 0:
+        raise UserError(f"{source}: --huber-delta must be > 0 (grams)")
+    weights = ("cosine_weight", "compositional_weight", "mass_balance_weight", "height_weight", "ndvi_weight",
+               "aux_species_weight", "aos_weight", "cross_view_weight", "qc_weight")  # fmt: skip
+    for name in weights:
+        if getattr(cfg, name) < 0:
+            raise UserError(f"{source}: {flag(name)} must be >= 0")
 
 
 def save_yaml(cfg: TrainConfig, path) -> None:

@@ -11,8 +11,9 @@ over views and folds keep them; ``check_predictions`` guards that.
 
 from __future__ import annotations
 
+import dataclasses
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -26,11 +27,12 @@ from tqdm import tqdm
 from src.config import TrainConfig
 from src.data import schema
 from src.data.dataset import BiomassDataset
+from src.data.depth import depth_key, load_for_config, photo_depth
 from src.data.transforms import HalfTransform
 from src.errors import UserError
-from src.models.biomass import BiomassModel
+from src.models.biomass import EXPORTS, BiomassModel, export_frame
 from src.targets import G_PER_QUADRAT_TO_KG_PER_HA, TARGETS
-from src.training.checkpoint import load_config, load_weights
+from src.training.checkpoint import load_config, load_extras, load_weights
 from src.training.engine import autocast
 
 CHECKPOINT = "best.safetensors"
@@ -77,7 +79,7 @@ def load_fold_models(model_dir: str | Path, device: torch.device | str = "cpu") 
             raise UserError(
                 f"{fold_dir / 'config.yaml'}: not a trainer config ({str(exc).splitlines()[0][:200]}); retrain fold {k}"
             )
-        model = BiomassModel(cfg, weights="none")
+        model = BiomassModel(cfg, extras=load_extras(fold_dir), weights="none")
         try:
             load_weights(model, ckpt)
         except Exception as exc:  # safetensors raises its own error types on corrupt files
@@ -120,9 +122,11 @@ def _as_table(images, data_dir) -> tuple[pd.DataFrame, Path]:
     return pd.DataFrame({"image_path": [str(Path(p).resolve()) for p in images]}), Path(".")
 
 
-def _views(x: torch.Tensor, tta: bool) -> list[torch.Tensor]:
-    """x (B, 2, 3, S, S): identity, then both halves flipped horizontally, then vertically."""
-    return [x, x.flip(-1), x.flip(-2)] if tta else [x]
+def _views(batch: dict, tta: bool) -> list[dict]:
+    """Identity, then both halves (and their depth feature grids) flipped horizontally, then vertically."""
+    if not tta:
+        return [batch]
+    return [batch, *({k: v.flip(dim) for k, v in batch.items()} for dim in (-1, -2))]
 
 
 def check_predictions(pred: np.ndarray, atol: float = 1e-4) -> None:
@@ -139,6 +143,9 @@ def check_predictions(pred: np.ndarray, atol: float = 1e-4) -> None:
         raise RuntimeError("predictions break GDM = Green + Clover or Total = Green + Dead + Clover")
 
 
+DepthFor = Callable[[TrainConfig], "np.ndarray | None"]
+
+
 @torch.no_grad()
 def predict_images(
     models: Sequence[FoldModel],
@@ -150,12 +157,16 @@ def predict_images(
     device: torch.device | str | None = None,
     num_workers: int = 0,
     desc: str = "predict",
+    depth_for: DepthFor | None = None,
+    exports: dict | None = None,
 ) -> np.ndarray:
     """Grams (N, 5), columns in ``targets.TARGETS`` order, one row per image.
 
     ``images``: photo paths, or a one-row-per-image DataFrame with ``image_path`` relative to
     ``data_dir``. With ``tta`` each fold model's prediction is the mean over identity, horizontal
-    and vertical flips (of both halves); the result is the mean over the fold models."""
+    and vertical flips (of both halves, and of their depth features); the result is the mean over
+    the fold models. ``depth_for(cfg)`` gives the half depth maps (N, 2, R, R) for models trained
+    with depth. ``exports``, if given, receives the mean auxiliary outputs (height, NDVI, std)."""
     if not models:
         raise ValueError("no models to predict with")
     if batch_size < 1:
@@ -163,17 +174,23 @@ def predict_images(
     table, root = _as_table(images, data_dir)
     device = torch.device(device) if device is not None else next(models[0][2].parameters()).device
     total = np.zeros((len(table), len(TARGETS)), dtype=np.float64)
+    extra: dict[str, np.ndarray] = {}
+    contributors: dict[str, set[int]] = {}
     if len(table) == 0:
         return total
-    # Models sharing a preprocessing share one pass over the images.
-    groups: dict[tuple, list[BiomassModel]] = {}
+    # Models sharing a preprocessing (and depth source) share one pass over the images.
+    groups: dict[tuple, list[tuple[TrainConfig, BiomassModel]]] = {}
     for _, cfg, model in models:
-        groups.setdefault((cfg.image_size, cfg.use_border_mask, cfg.use_pad_to_square), []).append(model)
+        key = (cfg.image_size, cfg.use_border_mask, cfg.use_pad_to_square, cfg.use_depth and depth_key(cfg))
+        groups.setdefault(key, []).append((cfg, model))
     n_batches = -(-len(table) // batch_size)
     with tqdm(total=n_batches * len(groups), desc=desc, unit="batch", dynamic_ncols=True) as bar:
-        for (size, border, pad), group in groups.items():
+        for (size, border, pad, uses_depth), group in groups.items():
+            if uses_depth and depth_for is None:
+                raise UserError("these models were trained with depth; give the depth cache of the images (see --help)")
+            depth = depth_for(group[0][0]) if uses_depth else None
             ds = BiomassDataset(
-                table, root, HalfTransform(size=size, train=False, border_mask=border, pad_to_square=pad)
+                table, root, HalfTransform(size=size, train=False, border_mask=border, pad_to_square=pad), depth=depth
             )
             loader = DataLoader(
                 ds, batch_size=batch_size, shuffle=False, num_workers=num_workers, pin_memory=device.type == "cuda"
@@ -181,35 +198,51 @@ def predict_images(
             try:
                 for batch in loader:
                     idx = batch["index"].numpy()
-                    x = batch["image"].to(device, non_blocking=True)
-                    for model in group:
-                        views = _views(x, tta)
-                        acc = np.zeros((len(idx), len(TARGETS)), dtype=np.float64)  # float64 on the host (MPS has none)
+                    batch = {k: v.to(device, non_blocking=True) for k, v in batch.items() if k in ("image", "depth")}
+                    for _, model in group:
+                        views = _views(batch, tta)
                         for v in views:
                             with autocast(device):
-                                acc += model(v)["pred"].float().cpu().numpy()
-                        total[idx] += acc / len(views)
+                                out = model(v)
+                            total[idx] += out["pred"].float().cpu().numpy() / len(views)
+                            for key in EXPORTS:
+                                if key in out:
+                                    extra.setdefault(key, np.zeros((len(table), *out[key].shape[1:])))
+                                    extra[key][idx] += out[key].float().cpu().numpy() / len(views)
+                                    contributors.setdefault(key, set()).add(id(model))
                     bar.update(1)
             except OSError as exc:  # read_rgb: "cannot read image <path>"
                 raise UserError(f"{exc}; replace the image or drop it")
     pred = total / len(models)
     check_predictions(pred)
+    if exports is not None:
+        exports.update({k: v / len(contributors[k]) for k, v in extra.items()})
     return pred
 
 
 # --- tables and files ----------------------------------------------------------------------------
 
 
-def predict_split(models: Sequence[FoldModel], data_dir: str | Path, split: str = "test", **kw) -> pd.DataFrame:
-    """One row per image of ``<data_dir>/<split>.csv``: image_id and the five targets in grams."""
+def predict_split(models: Sequence[FoldModel], data_dir: str | Path, split: str = "test",
+                  depth_cache_dir: str | None = None, **kw) -> pd.DataFrame:
+    """One row per image of ``<data_dir>/<split>.csv``: image_id, the five targets in grams and
+    any auxiliary predictions. Depth models read the split's depth cache (from their training
+    config's --depth-cache-dir unless ``depth_cache_dir`` is given)."""
     if split not in ("test", "train"):
         raise UserError(f"--split {split!r} must be test or train")
     images = schema.load_test(data_dir) if split == "test" else schema.load_train(data_dir)
-    pred = predict_images(models, images, data_dir, desc=f"predict {split}", **kw)
-    out = pd.DataFrame({"image_id": images["image_id"].to_numpy()})
+    ids = images["image_id"].tolist()
+
+    def depth_for(cfg: TrainConfig):
+        where = {"data_dir": str(data_dir), "depth_cache_dir": depth_cache_dir or cfg.depth_cache_dir}
+        return load_for_config(dataclasses.replace(cfg, **where), split, ids)
+
+    exports: dict = {}
+    pred = predict_images(models, images, data_dir, desc=f"predict {split}", depth_for=depth_for, exports=exports, **kw)
+    out = pd.DataFrame({"image_id": ids})
     for i, t in enumerate(TARGETS):
         out[t] = pred[:, i]
-    return out
+    return out.join(export_frame(exports))
 
 
 def submission(pred: pd.DataFrame, data_dir: str | Path) -> pd.DataFrame:
@@ -246,11 +279,19 @@ def kg_per_ha_column(target: str) -> str:
     return target.removesuffix("_g") + "_kg_ha"
 
 
-def photo_table(paths: Sequence[str | Path], pred: np.ndarray) -> pd.DataFrame:
-    """One row per photo: the five masses in grams per quadrat, then in kg dry matter per hectare."""
+def photo_table(paths: Sequence[str | Path], pred: np.ndarray, exports: dict | None = None) -> pd.DataFrame:
+    """One row per photo: the five masses in grams per quadrat, then in kg dry matter per hectare,
+    then any auxiliary predictions (height, NDVI, standard deviations)."""
     out = pd.DataFrame({"photo": [str(p) for p in paths]})
     for i, t in enumerate(TARGETS):
         out[t] = pred[:, i]
     for i, t in enumerate(TARGETS):
         out[kg_per_ha_column(t)] = pred[:, i] * G_PER_QUADRAT_TO_KG_PER_HA
-    return out
+    return out.join(export_frame(exports or {}))
+
+
+def predict_photos(models: Sequence[FoldModel], paths: Sequence[Path], **kw) -> pd.DataFrame:
+    """New photos outside the Kaggle layout; depth models run Depth Anything on them first."""
+    exports: dict = {}
+    pred = predict_images(models, paths, depth_for=lambda cfg: photo_depth(paths, cfg), exports=exports, **kw)
+    return photo_table(paths, pred, exports)

@@ -17,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from src.errors import UserError, cli_main
-from src.inference import check_photos, load_fold_models, photo_table, predict_images, predict_split, submission
+from src.inference import check_photos, load_fold_models, predict_photos, predict_split, submission
 from src.io_utils import write_csv, write_parquet
 from src.training.distributed import pick_device
 
@@ -37,6 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --data-dir: which CSV to predict (train is for checks; no submission) (default: test)",
     )
     p.add_argument("--out-dir", help="with --data-dir: where the files go (default: --model-dir)")
+    p.add_argument("--depth-cache-dir", help="with --data-dir, for depth models: folder of <size>/<split>.safetensors "
+                   "depth caches (default: the one in each model's config.yaml)")
     p.add_argument("--out", metavar="FILE.csv", help="with --images: also write the table as CSV")
     p.add_argument(
         "--tta",
@@ -78,7 +80,7 @@ def main(argv=None) -> None:
     )
 
     if photos is not None:
-        table = photo_table(args.images, predict_images(models, photos, **kw))
+        table = predict_photos(models, photos, **kw)
         with pd.option_context(
             "display.width", 250, "display.max_columns", None, "display.float_format", "{:.2f}".format
         ):
@@ -90,7 +92,7 @@ def main(argv=None) -> None:
         return
 
     out_dir = Path(args.out_dir or args.model_dir)
-    pred = predict_split(models, args.data_dir, args.split, **kw)
+    pred = predict_split(models, args.data_dir, args.split, depth_cache_dir=args.depth_cache_dir, **kw)
     sub = submission(pred, args.data_dir) if args.split == "test" else None  # checked before anything is written
     pred_path = out_dir / f"{args.split}_pred.parquet"
     write_parquet(pred_path, pred)

@@ -6,10 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from src.config import TrainConfig, build_parser, parse_config
+from src.config import build_parser, parse_config
 from src.errors import UserError
 from src.training.distributed import DistInfo, per_rank_batch
-from src.training.run import check_implemented
 
 SEED_FLAGS = Path(__file__).resolve().parents[2] / "shared" / "seed" / "flags.txt"
 
@@ -66,12 +65,6 @@ def test_batch_is_split_over_ranks_and_checked(capsys):
     assert "DDP batch adjustment: 16 → 8/GPU (effective: 16)" in capsys.readouterr().out
     with pytest.raises(UserError, match="smaller than the 4 DDP ranks"):
         per_rank_batch(2, DistInfo(world_size=4))
-
-
-def test_unimplemented_features_refuse_to_run():
-    with pytest.raises(UserError, match="--use-huber.*not implemented yet"):
-        check_implemented(TrainConfig(use_huber=True))
-    check_implemented(TrainConfig())
 
 
 def _cli(*args):

@@ -91,7 +91,8 @@ def test_geometric_augmentation_moves_depth_with_the_pixels():
     tf = HalfTransform(size=64, train=True, strong_aug=True, perspective=True)
     moved = 0
     for seed in range(24):
-        image, feats = tf(rgb, seed, depth)
+        out = tf(rgb, seed, depth)
+        image, feats = out["image"], out["depth"]
         brightness = image[0].mean(0).numpy()  # left half, normalised
         pixel_grid = depth_patch_features(brightness)[0]
         assert _corr(pixel_grid, feats[0, 0].numpy()) > 0.8, seed
@@ -103,7 +104,7 @@ def test_geometric_augmentation_moves_depth_with_the_pixels():
 def test_validation_transform_keeps_depth_as_is():
     half = _pattern(128)
     img = (np.stack([np.concatenate([half, half], 1)] * 3, -1) * 200).astype(np.uint8)
-    _, feats = HalfTransform(size=64, train=False)(img, 0, np.stack([half, half]))
+    feats = HalfTransform(size=64, train=False)(img, 0, np.stack([half, half]))["depth"]
     assert feats.shape == (2, 2, 4, 4)
     expected = depth_patch_features(cv2.resize(half, (64, 64), interpolation=cv2.INTER_LINEAR))
     np.testing.assert_allclose(feats[0].numpy(), expected, rtol=1e-5, atol=1e-5)
@@ -121,11 +122,11 @@ def test_depth_modules_join_and_leave_the_graph():
     x = torch.randn(3, 2, 3, 32, 32)
     d = torch.randn(3, 2, 2, 2, 2)
     with pytest.raises(ValueError, match="depth"):
-        full(x)
+        full({"image": x})
     torch.manual_seed(0)
     for p in list(full.depth_features.parameters()) + list(full.depth_attention.parameters()):
         torch.nn.init.normal_(p, std=0.5)
-    a, b = full(x, d)["pred"], full(x, -d)["pred"]
+    a, b = full({"image": x, "depth": d})["pred"], full({"image": x, "depth": -d})["pred"]
     assert not torch.allclose(a, b)  # different depth -> different prediction
     w = full.depth_attention(d.flatten(0, 1))
     assert w.shape == (6, 4) and torch.allclose(w.sum(-1), torch.ones(6))

@@ -25,10 +25,12 @@ class BiomassDataset(Dataset):
     """Rows of a one-row-per-image table; ``targets`` present for training/validation only."""
 
     def __init__(self, images: pd.DataFrame, data_dir: str | Path, transform: HalfTransform, seed: int = 0,
-                 depth: np.ndarray | None = None):
-        """``depth``: cached half depth maps (len(images), 2, R, R) in row order, or None."""
+                 depth: np.ndarray | None = None, aux: dict[str, np.ndarray] | None = None):
+        """``depth``: cached half depth maps (len(images), 2, R, R) in row order, or None.
+        ``aux``: per-image targets of the auxiliary heads (``fold_stats.aux_targets``), or None."""
         self.images = images.reset_index(drop=True)
         self.depth = depth
+        self.aux = aux or {}
         self.data_dir = Path(data_dir)
         self.transform = transform
         self.seed = seed
@@ -47,11 +49,10 @@ class BiomassDataset(Dataset):
         img = read_rgb(self.data_dir / row["image_path"])
         # Deterministic per (seed, epoch, image) so DDP and resume see the same augmentations.
         aug_seed = (self.seed * 1_000_003 + self.epoch * 10_007 + i) % (2**31 - 1)
-        if self.depth is None:
-            item = {"image": self.transform(img, aug_seed)}
-        else:
-            item = dict(zip(("image", "depth"), self.transform(img, aug_seed, self.depth[i])))
+        item = self.transform(img, aug_seed, None if self.depth is None else self.depth[i])
         item["index"] = torch.tensor(i)
+        for name, values in self.aux.items():
+            item[name] = torch.tensor(values[i])
         if self.has_targets:
             item["targets"] = torch.tensor(self.targets[i])
         return item

@@ -65,16 +65,9 @@ def build_cache(data_dir, split: str, model: str, out, *, backend: str = "torchv
     if out.exists() and not _mismatch(read_metadata(out), want) and json.loads(read_metadata(out)["image_ids"]) == ids:
         print(f"{out}: up to date ({len(ids)} images, {model})")
         return None
-    device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    processor, net = depth_anything.load(model, backend, device)
-    maps = np.zeros((len(ids), 2, resolution, resolution), np.float32)
-    for start in tqdm(range(0, len(ids), batch_size), desc=f"depth {split}", unit="batch"):
-        rows = images.iloc[start:start + batch_size]
-        halves = [h for p in rows["image_path"] for h in split_halves(read_rgb(data_dir / p))]
-        maps[start:start + len(rows)] = depth_anything.predict(processor, net, halves, resolution, device).reshape(-1, 2, resolution, resolution)
-    mean = maps.mean(axis=(1, 2, 3))
-    std = maps.std(axis=(1, 2, 3))
-    norm = (maps - mean[:, None, None, None]) / np.maximum(std, 1e-12)[:, None, None, None]
+    maps = compute_maps([data_dir / p for p in images["image_path"]], model, backend, resolution, batch_size, device,
+                        desc=f"depth {split}")  # fmt: skip
+    norm, mean, std = standardise(maps)
     tensors = {"depth": torch.from_numpy(norm.astype(np.float16)), "depth_mean": torch.from_numpy(mean),
                "depth_std": torch.from_numpy(std)}  # fmt: skip
     with atomic_path(out) as tmp:
@@ -86,6 +79,26 @@ def build_cache(data_dir, split: str, model: str, out, *, backend: str = "torchv
     write_json(out.with_suffix(".correlation.json"), report)
     print_correlations(report)
     return report
+
+
+def compute_maps(paths: list[Path], model: str, backend: str, resolution: int, batch_size: int = 8,
+                 device: torch.device | None = None, desc: str = "depth") -> np.ndarray:
+    """Raw relative inverse depth (len(paths), 2, R, R) of each photo's halves."""
+    device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    processor, net = depth_anything.load(model, backend, device)
+    maps = np.zeros((len(paths), 2, resolution, resolution), np.float32)
+    for start in tqdm(range(0, len(paths), batch_size), desc=desc, unit="batch"):
+        chunk = paths[start:start + batch_size]
+        halves = [h for p in chunk for h in split_halves(read_rgb(p))]
+        maps[start:start + len(chunk)] = depth_anything.predict(processor, net, halves, resolution, device).reshape(
+            -1, 2, resolution, resolution)
+    return maps
+
+
+def standardise(maps: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per image over both halves: (maps - mean) / std, and the raw means and stds."""
+    mean, std = maps.mean(axis=(1, 2, 3)), maps.std(axis=(1, 2, 3))
+    return (maps - mean[:, None, None, None]) / np.maximum(std, 1e-12)[:, None, None, None], mean, std
 
 
 def image_stats(maps: np.ndarray) -> dict[str, np.ndarray]:
@@ -141,3 +154,14 @@ def load_for_config(cfg, split: str, image_ids: list[str]) -> np.ndarray | None:
                             cfg.depth_resolution)  # fmt: skip
     return load_cache(path, image_ids, model=depth_anything.model_id(cfg.depth_model_size, cfg.depth_model),
                       backend=cfg.depth_backend, resolution=cfg.depth_resolution, command=command)  # fmt: skip
+
+
+def depth_key(cfg) -> tuple:
+    """What makes two configs read the same depth."""
+    return (depth_anything.model_id(cfg.depth_model_size, cfg.depth_model), cfg.depth_backend, cfg.depth_resolution)
+
+
+def photo_depth(paths: list[Path], cfg) -> np.ndarray:
+    """Depth for new photos (no cache): run the config's Depth Anything V2 on them now."""
+    model, backend, resolution = depth_key(cfg)
+    return standardise(compute_maps(list(paths), model, backend, resolution))[0].astype(np.float16)

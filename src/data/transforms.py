@@ -51,6 +51,12 @@ def build_augment(strong: bool, perspective: bool) -> A.Compose:
     return A.Compose(ops, additional_targets={"depth": "mask"})
 
 
+def build_photometric() -> A.Compose:
+    """A second lighting of the same view (--use-aos-hallucination): colour and gamma only."""
+    return A.Compose([A.ColorJitter(brightness=0.3, contrast=0.3, saturation=0.3, hue=0.03, p=1.0),
+                      A.RandomGamma(gamma_limit=(70, 140), p=1.0)])  # fmt: skip
+
+
 PATCH = 16  # the backbone's patch size: depth features are pooled to its token grid
 
 
@@ -62,16 +68,19 @@ def depth_patch_features(depth: np.ndarray) -> np.ndarray:
 
 
 class HalfTransform:
-    """numpy RGB photo (and optional (2, R, R) half depth maps) -> normalised left/right halves
-    (2, 3, S, S) (and per-patch depth features (2, 2, S/16, S/16), aligned with the pixels)."""
+    """numpy RGB photo (and optional (2, R, R) half depth maps) -> a dict with
+    ``image``: normalised left/right halves (2, 3, S, S); ``depth``: per-patch depth features
+    (2, 2, S/16, S/16) aligned with the pixels; ``aos_view``: the same halves under another
+    lighting (training with ``aos`` only)."""
 
     def __init__(self, size: int, train: bool, strong_aug: bool = True, perspective: bool = False,
-                 border_mask: bool = False, pad_to_square: bool = False):
+                 border_mask: bool = False, pad_to_square: bool = False, aos: bool = False):
         self.size, self.train, self.border_mask, self.pad = size, train, border_mask, pad_to_square
         self.augment = build_augment(strong_aug, perspective) if train else None
+        self.photometric = build_photometric() if train and aos else None
 
-    def __call__(self, img: np.ndarray, seed: int = 0, depth: np.ndarray | None = None):
-        halves, feats = [], []
+    def __call__(self, img: np.ndarray, seed: int = 0, depth: np.ndarray | None = None) -> dict[str, torch.Tensor]:
+        halves, feats, relit = [], [], []
         for k, half in enumerate(split_halves(img)):
             half = to_square(half, self.size, self.pad)
             d = None
@@ -84,8 +93,15 @@ class HalfTransform:
             halves.append(self._normalise(half))
             if d is not None:
                 feats.append(depth_patch_features(d))
-        image = torch.from_numpy(np.stack(halves))
-        return image if depth is None else (image, torch.from_numpy(np.stack(feats)))
+            if self.photometric is not None:
+                self.photometric.set_random_seed(seed * 2 + k + 1_000_003)
+                relit.append(self._normalise(self.photometric(image=half)["image"]))
+        out = {"image": torch.from_numpy(np.stack(halves))}
+        if feats:
+            out["depth"] = torch.from_numpy(np.stack(feats))
+        if relit:
+            out["aos_view"] = torch.from_numpy(np.stack(relit))
+        return out
 
     def _normalise(self, half: np.ndarray) -> np.ndarray:
         x = (half.astype(np.float32) / 255.0 - MEAN) / STD

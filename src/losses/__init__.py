@@ -45,7 +45,7 @@ class Criterion(nn.Module):
 
 
 def build_criterion(cfg: TrainConfig, stats: dict[str, torch.Tensor]) -> Criterion:
-    from src.losses import regression  # noqa: F401  (registers its builders)
+    from src.losses import auxiliary, composition, regression  # noqa: F401  (register their builders)
 
     terms = [term for builder in REGISTRY.values() if (term := builder(cfg, stats)) is not None]
     return Criterion(terms)

@@ -1,42 +1,96 @@
 """The biomass model: one DINOv3 backbone shared by the left and right halves of a quadrat photo.
 
-Each half's patches predict mass densities; a half's mass is their mean, the image's is the
-mean of its halves (both halves show the same quadrat at the same scale). Three targets come
-from the head, the other two are derived by the label relations (``targets.complete``), so the
-five outputs are non-negative grams that obey GDM = Green + Clover and Total = GDM + Dead.
+Each half's patches predict mass densities; a half's mass is their (depth-weighted) mean, the
+image's is the mean of its halves (both show the same quadrat at the same scale). By default
+three targets come from the head and two are derived by the label relations
+(``targets.complete``); with ``--use-compositional`` all five have heads and inference reports
+them reconciled by the relations. Outputs are non-negative grams obeying GDM = Green + Clover and
+Total = GDM + Dead. Optional parts (depth, auxiliary heads, State scaling, species prior,
+presence gating) are built only when their flag is on.
 """
 
 from __future__ import annotations
 
+import pandas as pd
 import torch
 import torch.nn as nn
 
 from src.config import TrainConfig
+from src.models.aux_heads import build_aux_heads
 from src.models.backbone import create_backbone
 from src.models.depth import DepthAttention, DepthFeatures
 from src.models.heads import DensityHead
-from src.targets import TARGETS, complete, direct_targets
+from src.targets import TARGETS, complete, direct_targets, reconcile
+
+_DEAD, _CLOVER = TARGETS.index("Dry_Dead_g"), TARGETS.index("Dry_Clover_g")
+# Outputs worth writing beside the five masses (OOF and test predictions), when the model has them.
+EXPORTS = ("height_cm", "ndvi_value", "pred_std")
+
+
+def export_frame(outputs: dict) -> pd.DataFrame:
+    """Columns pred_height_cm, pred_ndvi and std_<target> from evaluated outputs (numpy)."""
+    cols = {}
+    if "height_cm" in outputs:
+        cols["pred_height_cm"] = outputs["height_cm"]
+    if "ndvi_value" in outputs:
+        cols["pred_ndvi"] = outputs["ndvi_value"]
+    if "pred_std" in outputs:
+        cols.update({f"std_{t}": outputs["pred_std"][:, i] for i, t in enumerate(TARGETS)})
+    return pd.DataFrame(cols)
+
+
+def direct_heads(cfg: TrainConfig) -> tuple[str, ...]:
+    return TARGETS if cfg.use_compositional else direct_targets(cfg.train_dead, cfg.train_clover)
+
+
+class StateScaling(nn.Module):
+    """Per-State learned scale and bias on the head outputs, mixed by the predicted State
+    probabilities (test photos have no State). Starts as the identity."""
+
+    def __init__(self, n_states: int, n_out: int):
+        super().__init__()
+        self.log_scale = nn.Parameter(torch.zeros(n_states, n_out))
+        self.bias = nn.Parameter(torch.zeros(n_states, n_out))
+
+    def forward(self, grams: torch.Tensor, probs: torch.Tensor, unit: torch.Tensor) -> torch.Tensor:
+        """grams (B, 2, k), probs (B, S), unit (k,) -> rescaled grams >= 0."""
+        scale = torch.exp(probs @ self.log_scale)[:, None]
+        bias = (probs @ self.bias)[:, None] * unit
+        return (grams * scale + bias).clamp(min=0)
 
 
 class BiomassModel(nn.Module):
-    def __init__(self, cfg: TrainConfig, target_scale: torch.Tensor | None = None, weights: str | None = None):
-        """``target_scale``: std of each of the five targets (grams) on the training fold; the head
-        predicts in these units so its initial outputs are the right size. ``weights`` overrides
-        ``cfg.backbone_weights`` (prediction loads everything from our own checkpoint instead)."""
+    def __init__(self, cfg: TrainConfig, stats: dict[str, torch.Tensor] | None = None, extras: dict | None = None,
+                 weights: str | None = None):
+        """``stats``: training-fold statistics (see ``training.fit.fold_statistics``); absent when the
+        model is rebuilt for loading, since they are buffers restored from the checkpoint.
+        ``extras``: the vocabularies that size the heads ({"species": [...], "states": [...]}).
+        ``weights`` overrides ``cfg.backbone_weights`` (prediction loads our own checkpoint)."""
         super().__init__()
+        self.cfg = cfg
+        extras = extras or {"species": [], "states": []}
         self.backbone = create_backbone(
             cfg.backbone_size, cfg.backbone_weights if weights is None else weights, cfg.image_size, cfg.gradient_checkpointing
         )
+        dim = self.backbone.num_features
         self.num_prefix = self.backbone.num_prefix_tokens
-        self.direct = direct_targets(cfg.train_dead, cfg.train_clover)
-        self.head = DensityHead(self.backbone.num_features, len(self.direct))
-        self.depth_features = DepthFeatures(self.backbone.num_features) if cfg.use_depth else None
-        self.depth_attention = DepthAttention() if cfg.use_depth and cfg.depth_attention else None
-        scale = torch.ones(len(TARGETS)) if target_scale is None else torch.as_tensor(target_scale, dtype=torch.float32)
-        self.register_buffer("target_scale", scale.clone())
+        self.direct = direct_heads(cfg)
         self._direct_idx = [TARGETS.index(t) for t in self.direct]
+        self.head = DensityHead(dim, len(self.direct))
+        self.depth_features = DepthFeatures(dim) if cfg.use_depth else None
+        self.depth_attention = DepthAttention() if cfg.use_depth and cfg.depth_attention else None
+        self.aux = build_aux_heads(cfg, 2 * dim, extras)
+        self.state_scaling = StateScaling(len(extras["states"]), len(self.direct)) if cfg.use_state_scaling else None
+        stats = stats or {}
+        n_species = len(extras["species"])
+        self.register_buffer("target_scale", stats.get("std", torch.ones(len(TARGETS))).float().clone())
+        self.register_buffer("log_scale", stats.get("log_std", torch.ones(len(TARGETS))).float().clone())
+        self.register_buffer("aux_stats", stats.get("aux", torch.tensor([0.0, 1.0, 0.0, 1.0])).float().clone())
+        if cfg.use_species_prior:
+            self.register_buffer("species_prior", stats.get("species_prior", torch.zeros(n_species, len(TARGETS))).float().clone())
         self.backbone_frozen = False
 
+    # --- backbone --------------------------------------------------------------------------------
     def freeze_backbone(self, frozen: bool) -> None:
         self.backbone_frozen = frozen
         for p in self.backbone.parameters():
@@ -52,26 +106,68 @@ class BiomassModel(nn.Module):
             t = self.backbone.forward_features(flat)
         return t[:, 0], t[:, self.num_prefix:]
 
-    @property
-    def uses_depth(self) -> bool:
-        return self.depth_features is not None
-
-    def forward(self, x: torch.Tensor, depth: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """x (B, 2, 3, S, S); depth (B, 2, 2, S/16, S/16) per-patch depth features when the model uses depth."""
-        b = x.shape[0]
+    def encode(self, x: torch.Tensor, depth: torch.Tensor | None):
+        """Tokens with depth fused in, and the pooled image feature (B, 2D) for the auxiliary heads."""
         cls, patches = self.tokens(x)
-        if self.uses_depth:
+        if self.depth_features is not None:
             if depth is None:
-                raise ValueError("this model was built with depth: pass the depth features")
-            depth = depth.flatten(0, 1)
-            patches = self.depth_features(patches, depth)
-        density = self.head(patches, cls)  # (B*2, N, 3)
+                raise ValueError("this model was built with depth: the batch needs 'depth' features")
+            patches = self.depth_features(patches, depth.flatten(0, 1))
+        half_feat = torch.cat([cls, patches.mean(1)], dim=-1)
+        return cls, patches, half_feat.view(x.shape[0], 2, -1).mean(1)
+
+    # --- forward ---------------------------------------------------------------------------------
+    def forward(self, batch: dict) -> dict[str, torch.Tensor]:
+        """``batch``: image (B, 2, 3, S, S); depth (B, 2, 2, S/16, S/16) with --use-depth;
+        aos_view (a photometrically different copy of image) while training with AOS."""
+        x = batch["image"]
+        b = x.shape[0]
+        cls, patches, feat = self.encode(x, batch.get("depth"))
+        out = {name: head(feat) for name, head in self.aux.items()}
+
+        density = self.head(patches, cls)  # (B*2, N, k)
         if self.depth_attention is not None:
-            pooled = (density * self.depth_attention(depth)[..., None]).sum(1)
+            pooled = (density * self.depth_attention(batch["depth"].flatten(0, 1))[..., None]).sum(1)
         else:
             pooled = density.mean(1)
-        scale = self.target_scale[self._direct_idx]
-        per_half = (pooled * scale).view(b, 2, -1)  # grams, as if the half were the whole quadrat
-        direct = per_half.mean(1)
-        full = complete(dict(zip(self.direct, direct.unbind(-1))))
-        return {"pred": torch.stack([full[t] for t in TARGETS], dim=-1), "per_half": per_half}
+        pooled = pooled.float()  # relations and sums in fp32 even under bf16 autocast
+        unit = self.target_scale[self._direct_idx]
+        per_half = (pooled * unit).view(b, 2, -1)  # grams, as if the half were the whole quadrat
+        if self.state_scaling is not None:
+            per_half = self.state_scaling(per_half, out["state"].softmax(-1), unit)
+        heads = per_half.mean(1)
+        named = dict(zip(self.direct, heads.unbind(-1)))
+        raw = torch.stack([complete(named, clip=False)[t] for t in TARGETS], dim=-1)
+        if self.cfg.use_compositional:
+            pred = reconcile(raw)
+        else:
+            pred = torch.stack([complete(named)[t] for t in TARGETS], dim=-1)
+        if self.cfg.use_species_prior:
+            s = self.cfg.species_prior_strength
+            pred = (1 - s) * pred + s * out["species"].softmax(-1) @ self.species_prior
+        if "presence" in out and not self.training:
+            pred = self._gate_presence(pred, torch.sigmoid(out["presence"]))
+        out.update({"pred": pred, "raw": raw, "per_half": per_half})
+        self._real_units(out, pred)
+        if self.cfg.use_aos_hallucination and self.training and "aos_view" in batch:
+            _, _, feat_aos = self.encode(batch["aos_view"], batch.get("depth"))
+            out["ndvi_aos"] = self.aux["ndvi"](feat_aos)
+        return out
+
+    @staticmethod
+    def _gate_presence(pred: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+        """Dead and Clover times their presence probability; GDM and Total re-summed."""
+        green, dead, clover = pred[:, 0], pred[:, _DEAD] * p[:, 0], pred[:, _CLOVER] * p[:, 1]
+        return torch.stack([green, dead, clover, green + clover, green + dead + clover], dim=-1)
+
+    def _real_units(self, out: dict, pred: torch.Tensor) -> None:
+        """Auxiliary predictions in their own units, for the prediction files."""
+        mu_h, sd_h, mu_n, sd_n = self.aux_stats
+        if "height" in out:
+            out["height_cm"] = torch.expm1(mu_h + sd_h * out["height"].squeeze(-1)).clamp(min=0)
+        if "ndvi" in out:
+            out["ndvi_value"] = mu_n + sd_n * out["ndvi"].squeeze(-1)
+        if "logvar" in out:
+            sigma = torch.exp(0.5 * out["logvar"])
+            # delta method back to grams when the loss lives in log1p space
+            out["pred_std"] = sigma * (self.log_scale * (1 + pred) if self.cfg.use_log_transform else self.target_scale)

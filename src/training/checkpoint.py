@@ -6,6 +6,7 @@ plain dict of tensors and numbers loaded with ``weights_only=True``. Every write
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -14,15 +15,19 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from src.config import TrainConfig, from_dict, save_yaml
-from src.io_utils import atomic_path
+from src.io_utils import atomic_path, write_json
 
 
-def save_weights(model: torch.nn.Module, path: Path, cfg: TrainConfig | None = None, metadata: dict | None = None) -> None:
+def save_weights(model: torch.nn.Module, path: Path, cfg: TrainConfig | None = None, extras: dict | None = None,
+                 metadata: dict | None = None) -> None:
+    """Weights; with ``cfg`` also the resolved config.yaml and ``extras.json`` (the vocabularies
+    that size the heads) beside them, which is all ``load_model`` needs."""
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     with atomic_path(path) as tmp:
         save_file(state, str(tmp), metadata=metadata)
     if cfg is not None:
         save_yaml(cfg, Path(path).parent / "config.yaml")
+        write_json(Path(path).parent / "extras.json", extras or {"species": [], "states": []})
 
 
 def load_weights(model: torch.nn.Module, path: Path) -> None:
@@ -36,6 +41,11 @@ def weights_metadata(path: Path) -> dict:
 
 def load_config(fold_dir: Path) -> TrainConfig:
     return from_dict(yaml.safe_load((Path(fold_dir) / "config.yaml").read_text()), source=str(fold_dir / "config.yaml"))
+
+
+def load_extras(fold_dir: Path) -> dict:
+    path = Path(fold_dir) / "extras.json"
+    return json.loads(path.read_text()) if path.exists() else {"species": [], "states": []}
 
 
 def save_state(path: Path, state: dict) -> None:

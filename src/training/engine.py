@@ -9,6 +9,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
+from src.models.biomass import EXPORTS
 from src.training.distributed import DistInfo
 
 
@@ -48,7 +49,7 @@ def train_one_epoch(model, raw_model, loader, criterion, optimizer, scheduler, i
         no_sync = model.no_sync() if info.distributed and not sync_now else contextlib.nullcontext()
         with no_sync:
             with autocast(info.device):
-                outputs = model(batch["image"], batch.get("depth"))
+                outputs = model(batch)
             loss, parts = criterion(_float(outputs), batch)
             (loss / grad_accum).backward()
         if sync_now:
@@ -76,17 +77,21 @@ def train_one_epoch(model, raw_model, loader, criterion, optimizer, scheduler, i
 
 
 @torch.no_grad()
-def evaluate(raw_model, loader, criterion, device: torch.device) -> tuple[np.ndarray, dict[str, float]]:
-    """Predictions in grams (N, 5) over the whole loader and the mean loss with its components.
-    Always the unwrapped model: calling a DDP wrapper on one rank alone would deadlock."""
+def evaluate(raw_model, loader, criterion, device: torch.device) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+    """Predictions over the whole loader (``pred``: grams (N, 5), plus the model's exported
+    auxiliary outputs) and the mean loss with its components. Always the unwrapped model:
+    calling a DDP wrapper on one rank alone would deadlock."""
     raw_model.eval()
-    preds, sums, n = [], {}, 0
+    preds: dict[str, list] = {}
+    sums, n = {}, 0
     for batch in loader:
         batch = _to(batch, device)
         with autocast(device):
-            outputs = raw_model(batch["image"], batch.get("depth"))
+            outputs = raw_model(batch)
         outputs = _float(outputs)
-        preds.append(outputs["pred"].cpu().numpy())
+        for key in ("pred", *EXPORTS):
+            if key in outputs:
+                preds.setdefault(key, []).append(outputs[key].cpu().numpy())
         if "targets" in batch:
             loss, parts = criterion(outputs, batch)
             b = batch["image"].shape[0]
@@ -94,4 +99,4 @@ def evaluate(raw_model, loader, criterion, device: torch.device) -> tuple[np.nda
             sums["loss"] = sums.get("loss", 0.0) + float(loss) * b
             for k, v in parts.items():
                 sums[k] = sums.get(k, 0.0) + float(v) * b
-    return np.concatenate(preds), {k: v / max(n, 1) for k, v in sums.items()}
+    return {k: np.concatenate(v) for k, v in preds.items()}, {k: v / max(n, 1) for k, v in sums.items()}

@@ -19,12 +19,13 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from src.config import TrainConfig
 from src.data.dataset import BiomassDataset
+from src.data.fold_stats import aux_targets, fold_statistics, vocabularies
 from src.data.transforms import HalfTransform
 from src.errors import UserError
 from src.io_utils import write_csv, write_json, write_parquet
 from src.losses import build_criterion
 from src.metrics import summary
-from src.models.biomass import BiomassModel
+from src.models.biomass import BiomassModel, export_frame
 from src.targets import SHORT, TARGETS
 from src.training import checkpoint as ckpt
 from src.training.distributed import DistInfo, all_equal_check, barrier
@@ -66,17 +67,13 @@ class FoldState:
     history: list = field(default_factory=list)
 
 
-def target_stats(train: pd.DataFrame) -> dict[str, torch.Tensor]:
-    y = torch.tensor(train[list(TARGETS)].to_numpy(np.float64))
-    return {"mean": y.mean(0).float(), "std": y.std(0).clamp(min=1e-3).float()}
-
-
-def oof_frame(val: pd.DataFrame, fold: int, pred: np.ndarray) -> pd.DataFrame:
+def oof_frame(val: pd.DataFrame, fold: int, outputs: dict[str, np.ndarray]) -> pd.DataFrame:
+    """True and predicted grams per validation image, plus any auxiliary predictions."""
     df = pd.DataFrame({"image_id": val["image_id"].to_numpy(), "fold": fold, "State": val["State"].to_numpy()})
     for i, t in enumerate(TARGETS):
         df[f"true_{t}"] = val[t].to_numpy()
-        df[f"pred_{t}"] = pred[:, i]
-    return df
+        df[f"pred_{t}"] = outputs["pred"][:, i]
+    return df.join(export_frame(outputs))
 
 
 def _format(fold: int, stage: Stage, stage_epoch: int, row: dict, parts: list[str]) -> str:
@@ -98,16 +95,19 @@ def train_fold(cfg: TrainConfig, info: DistInfo, images: pd.DataFrame, folds: pd
     train, val = images[~is_val].reset_index(drop=True), images[is_val].reset_index(drop=True)
     if val.empty:
         raise UserError(f"fold {fold} has no validation images in the fold CSV; check --fold-csv and --folds")
-    stats = target_stats(train)
+    extras = vocabularies(train)
+    stats = fold_statistics(train, extras)
     torch.manual_seed(cfg.seed + fold)
-    model = BiomassModel(cfg, target_scale=stats["std"]).to(info.device)
+    model = BiomassModel(cfg, stats, extras).to(info.device)
     criterion = build_criterion(cfg, stats).to(info.device)
 
     tf = dict(size=cfg.image_size, border_mask=cfg.use_border_mask, pad_to_square=cfg.use_pad_to_square)
     train_ds = BiomassDataset(train, cfg.data_dir, HalfTransform(train=True, strong_aug=cfg.strong_aug,
-                              perspective=cfg.use_perspective_jitter, **tf), seed=cfg.seed + fold,
-                              depth=None if depth is None else depth[~is_val])
-    val_ds = BiomassDataset(val, cfg.data_dir, HalfTransform(train=False, **tf), depth=None if depth is None else depth[is_val])
+                              perspective=cfg.use_perspective_jitter, aos=cfg.use_aos_hallucination, **tf),
+                              seed=cfg.seed + fold, depth=None if depth is None else depth[~is_val],
+                              aux=aux_targets(train, stats, extras))
+    val_ds = BiomassDataset(val, cfg.data_dir, HalfTransform(train=False, **tf), depth=None if depth is None else depth[is_val],
+                            aux=aux_targets(val, stats, extras))
     # One sampler for one or many ranks: rank r takes perm[r::world], so the union of the ranks'
     # i-th batches is exactly one process's i-th batch and DDP matches single-process training.
     sampler = DistributedSampler(train_ds, num_replicas=info.world_size, rank=info.rank, shuffle=True,
@@ -165,8 +165,8 @@ def train_fold(cfg: TrainConfig, info: DistInfo, images: pd.DataFrame, folds: pd
                 wrapped, model, train_loader, criterion, optimizer, scheduler, info, grad_accum=cfg.grad_accum,
                 grad_clip=cfg.grad_clip, updates_done=state.updates, desc=f"fold {fold} {stage.name} ep {state.stage_epoch + 1}",
             )
-            pred, val_loss = evaluate(model, val_loader, criterion, info.device)
-            scores = summary(val[list(TARGETS)].to_numpy(), pred, val["State"].to_numpy())
+            val_out, val_loss = evaluate(model, val_loader, criterion, info.device)
+            scores = summary(val[list(TARGETS)].to_numpy(), val_out["pred"], val["State"].to_numpy())
             row = {"epoch": state.epoch, "stage": stage.name, **{f"lr_{k}": v for k, v in current_lrs(optimizer).items()},
                    **{f"train_{k}" if k != "loss" else "train_loss": v for k, v in train_loss.items()},
                    **{f"val_{k}" if k != "loss" else "val_loss": v for k, v in val_loss.items()}, **scores}
@@ -181,8 +181,8 @@ def train_fold(cfg: TrainConfig, info: DistInfo, images: pd.DataFrame, folds: pd
             if score > state.best:
                 state.best, state.best_epoch = score, state.epoch
                 if info.is_main:
-                    ckpt.save_weights(model, fold_dir / "best.safetensors", cfg)
-                    write_parquet(fold_dir / "oof.parquet", oof_frame(val, fold, pred))
+                    ckpt.save_weights(model, fold_dir / "best.safetensors", cfg, extras)
+                    write_parquet(fold_dir / "oof.parquet", oof_frame(val, fold, val_out))
             if score > state.stage_best:
                 state.stage_best, state.bad_epochs = score, 0
             else:

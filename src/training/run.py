@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from src.config import TrainConfig, flag
+from src.config import TrainConfig
 from src.data.depth import load_for_config
 from src.data.folds import make_folds, read_fold_csv
 from src.data.schema import load_train
@@ -20,24 +20,6 @@ from src.metrics import summary
 from src.targets import TARGETS
 from src.training.distributed import cleanup, per_rank_batch, setup
 from src.training.fit import train_fold
-
-# Flags of the guide whose features land in later issues; they parse, and refuse to run until then.
-NOT_YET = {
-    "use_huber": 5, "use_planthydra_loss": 5, "use_log_transform": 5,
-    "use_cosine_sim": 5, "use_compositional": 5, "use_mass_balance": 5, "use_height_head": 5, "use_ndvi_head": 5,
-    "use_species_head": 5, "use_species_prior": 5, "use_aos_hallucination": 5, "use_presence_heads": 5,
-    "use_cross_view_consistency": 5, "use_state_scaling": 5, "use_uncertainty": 5, "use_qc_plausibility": 5,
-}  # fmt: skip
-
-
-def check_implemented(cfg: TrainConfig) -> None:
-    on = [name for name in NOT_YET if getattr(cfg, name)]
-    if on:
-        offs = " ".join("--no-" + n.replace("_", "-") for n in on)
-        raise UserError(
-            f"{', '.join(flag(n) for n in on)}: not implemented yet (issues {sorted({NOT_YET[n] for n in on})}); "
-            f"run without them ({offs})"
-        )
 
 
 def resolve_folds(cfg: TrainConfig, images: pd.DataFrame) -> pd.Series:
@@ -66,7 +48,6 @@ def merge_oof(output_dir: Path, n_folds: int) -> dict | None:
 
 
 def run(cfg: TrainConfig) -> dict | None:
-    check_implemented(cfg)
     images = load_train(cfg.data_dir)
     folds = resolve_folds(cfg, images)
     depth = load_for_config(cfg, "train", images["image_id"].tolist())

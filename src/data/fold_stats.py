@@ -1,0 +1,56 @@
+"""What a model learns from its training fold besides weights: target statistics, vocabularies,
+the species->biomass prior, and the standardised auxiliary targets (height, NDVI, species, State).
+
+Computed from the training fold only, so validation images never leak into them. Statistics
+become model buffers (saved in the checkpoint); vocabularies are saved beside it as JSON.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+
+from src.targets import TARGETS
+
+MIN_SPECIES_IMAGES = 3  # rarer species share the "other" class
+OTHER = "other"
+
+
+def vocabularies(train: pd.DataFrame) -> dict[str, list[str]]:
+    counts = train["Species"].value_counts()
+    return {"species": sorted(counts[counts >= MIN_SPECIES_IMAGES].index.tolist()) + [OTHER],
+            "states": sorted(train["State"].unique().tolist())}  # fmt: skip
+
+
+def species_index(species: pd.Series, vocab: list[str]) -> np.ndarray:
+    index = {s: i for i, s in enumerate(vocab)}
+    return species.map(lambda s: index.get(s, index[OTHER])).to_numpy(np.int64)
+
+
+def fold_statistics(train: pd.DataFrame, extras: dict) -> dict[str, torch.Tensor]:
+    y = train[list(TARGETS)].to_numpy(np.float64)
+    log_h = np.log1p(train["Height_Ave_cm"].to_numpy(np.float64))
+    ndvi = train["Pre_GSHH_NDVI"].to_numpy(np.float64)
+    sp = species_index(train["Species"], extras["species"])
+    prior = np.stack([y[sp == k].mean(0) if (sp == k).any() else y.mean(0) for k in range(len(extras["species"]))])
+    t = lambda a: torch.tensor(np.asarray(a), dtype=torch.float32)  # noqa: E731
+    return {
+        "std": t(np.maximum(y.std(0, ddof=1), 1e-3)),
+        "log_std": t(np.maximum(np.log1p(y).std(0, ddof=1), 1e-3)),
+        "max": t(y.max(0)),
+        "aux": t([log_h.mean(), max(log_h.std(), 1e-3), ndvi.mean(), max(ndvi.std(), 1e-3)]),
+        "species_prior": t(prior),
+    }
+
+
+def aux_targets(images: pd.DataFrame, stats: dict, extras: dict) -> dict[str, np.ndarray]:
+    """Per-image targets of the auxiliary heads, standardised with the training fold's statistics."""
+    mu_h, sd_h, mu_n, sd_n = stats["aux"].tolist()
+    states = {s: i for i, s in enumerate(extras["states"])}
+    return {
+        "height": ((np.log1p(images["Height_Ave_cm"].to_numpy(np.float64)) - mu_h) / sd_h).astype(np.float32),
+        "ndvi": ((images["Pre_GSHH_NDVI"].to_numpy(np.float64) - mu_n) / sd_n).astype(np.float32),
+        "species": species_index(images["Species"], extras["species"]),
+        "state": images["State"].map(lambda s: states.get(s, -1)).to_numpy(np.int64),  # -1: ignored by the loss
+    }

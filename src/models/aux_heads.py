@@ -1,0 +1,63 @@
+"""Auxiliary heads on the pooled image feature, composed from the config through a registry.
+
+Each builder returns a head (or None when its flag is off); the model runs every head and puts
+its output under the head's name. Targets these heads learn (height, NDVI, species, State,
+presence) exist for training images only; at test time the heads still predict them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch.nn as nn
+
+from src.config import TrainConfig
+
+REGISTRY: dict[str, Callable] = {}
+
+
+def register(name: str):
+    def deco(builder):
+        REGISTRY[name] = builder
+        return builder
+
+    return deco
+
+
+def mlp(dim: int, n_out: int) -> nn.Module:
+    hidden = max(32, dim // 4)
+    return nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, n_out))
+
+
+@register("height")
+def _height(cfg: TrainConfig, dim: int, extras: dict):
+    return mlp(dim, 1) if cfg.use_height_head else None  # standardised log1p(Height_Ave_cm)
+
+
+@register("ndvi")
+def _ndvi(cfg, dim, extras):
+    return mlp(dim, 1) if cfg.use_ndvi_head else None  # standardised Pre_GSHH_NDVI
+
+
+@register("species")
+def _species(cfg, dim, extras):
+    return mlp(dim, len(extras["species"])) if cfg.use_species_head else None
+
+
+@register("state")
+def _state(cfg, dim, extras):
+    return mlp(dim, len(extras["states"])) if cfg.use_state_scaling else None
+
+
+@register("presence")
+def _presence(cfg, dim, extras):
+    return mlp(dim, 2) if cfg.use_presence_heads else None  # logits: Dead > 0, Clover > 0
+
+
+@register("logvar")
+def _logvar(cfg, dim, extras):
+    return mlp(dim, 5) if cfg.use_uncertainty else None  # log-variance of the five standardised targets
+
+
+def build_aux_heads(cfg: TrainConfig, dim: int, extras: dict) -> nn.ModuleDict:
+    return nn.ModuleDict({name: head for name, build in REGISTRY.items() if (head := build(cfg, dim, extras)) is not None})
