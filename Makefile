@@ -5,6 +5,7 @@ PY := .venv/bin/python
 export HF_HUB_OFFLINE := 1
 export NO_ALBUMENTATIONS_UPDATE := 1
 export DVC_NO_ANALYTICS := 1
+export PATH := $(CURDIR)/.venv/bin:$(PATH)
 DEMO_DIR := data/demo
 
 .PHONY: demo test test-slow lint clean-demo
@@ -14,34 +15,26 @@ DEMO_DIR := data/demo
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
 	@touch $@
 
-# The main job on the demo data: data -> folds -> 5-fold tiny model -> test submission -> holdout score.
-# Each step is a file target, so a re-run skips what is done; --resume continues a killed training.
-DEMO_MODEL := results/demo/models/demo_tiny
+# The main job: the Snakemake pipeline on the embedded demo data (config/demo.yaml), then its
+# HTML report. Snakemake skips what is done and resumes a killed run (profiles/default).
+DEMO_RESULTS := results/demo
 
-$(DEMO_DIR)/train.csv: | .venv/.installed
-	$(PY) -m src.synth --out $(DEMO_DIR) --n-train 120 --n-test 30 --seed 0
-
-$(DEMO_DIR)/trainfold_group_location.csv: $(DEMO_DIR)/train.csv
-	$(PY) -m src.make_folds --data-dir $(DEMO_DIR) --out $@ --n-folds 5 --cv-strategy group_location --seed 42
-
-$(DEMO_MODEL)/oof_metrics.json: $(DEMO_DIR)/trainfold_group_location.csv config/models/demo_tiny.yaml
-	$(PY) -m src.dinov3_train --config config/models/demo_tiny.yaml --data-dir $(DEMO_DIR) --fold-csv $< \
-		--output-dir $(DEMO_MODEL) --resume
-
-$(DEMO_MODEL)/submission.csv: $(DEMO_MODEL)/oof_metrics.json
-	$(PY) -m src.predict --model-dir $(DEMO_MODEL) --data-dir $(DEMO_DIR) --split test
-
-demo: $(DEMO_MODEL)/submission.csv
-	$(PY) -m src.score --submission $< --solution $(DEMO_DIR)/test_solution.csv
+demo: .venv/.installed
+	snakemake --configfile config/demo.yaml
+	snakemake --configfile config/demo.yaml --report $(DEMO_RESULTS)/report.html
+	@cat $(DEMO_RESULTS)/report/model_table.md
+	@python -c "import json; h = json.load(open('$(DEMO_RESULTS)/ensemble/holdout.json')); \
+		print(f\"ensemble holdout weighted_r2 on the demo's hidden test truth: {h['weighted_r2']:.4f}\")"
+	@echo "report: $(DEMO_RESULTS)/report.html (plots in $(DEMO_RESULTS)/report/)"
 
 test: .venv/.installed
-	$(PY) -m pytest -q -m "not slow"
+	python -m pytest -q -m "not slow"
 
 test-slow: .venv/.installed
-	$(PY) -m pytest -q -m slow
+	python -m pytest -q -m slow
 
 lint: .venv/.installed
-	$(PY) -m ruff check src tests
+	python -m ruff check src tests
 
 clean-demo:
-	rm -rf $(DEMO_DIR) results/demo
+	rm -rf $(DEMO_DIR) $(DEMO_RESULTS)

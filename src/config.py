@@ -234,6 +234,21 @@ def validate(cfg: TrainConfig, source: str = "config") -> None:
             raise UserError(f"{source}: {flag(name)} must be >= 0")
 
 
+def to_argv(values: dict[str, Any]) -> list[str]:
+    """Trainer flags for a mapping of field names to values (the pipeline's per-model overrides)."""
+    argv: list[str] = []
+    for name, value in values.items():
+        if name not in FIELDS:
+            raise UserError(f"unknown trainer option {name!r}; options are the trainer's flag names with '_'")
+        if isinstance(value, bool):
+            argv.append(flag(name) if value else FIELDS[name].metadata["no_flag"] or "--no-" + name.replace("_", "-"))
+        elif isinstance(value, list):
+            argv += [flag(name), *map(str, value)]
+        else:
+            argv += [flag(name), str(value)]
+    return argv
+
+
 def save_yaml(cfg: TrainConfig, path) -> None:
     from src.io_utils import write_text
 

@@ -67,7 +67,7 @@ def test_two_stage_run_writes_every_output(demo_data, tmp_path):
     assert (oof["fold"] == 1).all() and (oof.filter(like="pred_") >= 0).all().all()
     np.testing.assert_allclose(oof["pred_GDM_g"], oof["pred_Dry_Green_g"] + oof["pred_Dry_Clover_g"], rtol=1e-5, atol=1e-4)
     assert "weighted_r2" in proc.stdout and "fold 1 | stage1 1/3" in proc.stdout
-    assert (out / "oof_metrics.json").exists()
+    assert not (out / "oof_metrics.json").exists()  # one fold of five: merging is the pipeline's job
 
 
 def test_ddp_two_ranks_match_one_process(demo_data, tmp_path):
@@ -143,3 +143,15 @@ def test_frozen_stage_leaves_backbone_untouched(demo_data, tmp_path):
     init = BiomassModel(TrainConfig(backbone_size="tiny", backbone_weights="none", image_size=32)).state_dict()
     assert torch.equal(w["backbone.blocks.0.attn.qkv.weight"], init["backbone.blocks.0.attn.qkv.weight"])
     assert not torch.equal(w["head.mlp.0.weight"], init["head.mlp.0.weight"])
+
+
+def test_resume_with_changed_settings_starts_over(demo_data, tmp_path):
+    out = tmp_path / "m"
+    common = ("--folds", "0", "--no-two-stage", "--epochs", "2", "--batch-size", "8")
+    _train(demo_data, out, *common)
+    done = _train(demo_data, out, *common, "--resume")
+    assert "resuming after epoch 2" in done.stdout  # finished: nothing left to train
+    assert "optimizer" not in torch.load(out / "fold0/last_state.pt", weights_only=True)  # finished folds stay small
+    again = _train(demo_data, out, *common, "--resume", "--lr", "0.001")
+    assert "settings changed since the saved run (lr): starting over" in again.stdout
+    assert len(pd.read_csv(out / "fold0/history.csv")) == 2

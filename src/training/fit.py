@@ -125,8 +125,12 @@ def train_fold(cfg: TrainConfig, info: DistInfo, images: pd.DataFrame, folds: pd
 
     state, resume_opt = FoldState(), None
     last_w, last_s = fold_dir / "last.safetensors", fold_dir / "last_state.pt"
-    if cfg.resume and last_s.exists() and last_w.exists():
-        saved = ckpt.load_state(last_s)
+    saved = ckpt.load_state(last_s) if cfg.resume and last_s.exists() and last_w.exists() else None
+    changed = _changed_settings(saved.get("config", {}), cfg) if saved else []
+    if saved and changed:
+        if info.is_main:
+            print(f"fold {fold}: settings changed since the saved run ({', '.join(changed)}): starting over", flush=True)
+    elif saved:
         if ckpt.weights_metadata(last_w).get("epoch") != str(saved["fold_state"]["epoch"]):
             raise UserError(f"{fold_dir}: last.safetensors and last_state.pt are from different epochs; delete both to restart the fold")
         ckpt.load_weights(model, last_w)
@@ -134,7 +138,7 @@ def train_fold(cfg: TrainConfig, info: DistInfo, images: pd.DataFrame, folds: pd
         resume_opt = saved
         if info.is_main:
             print(f"fold {fold}: resuming after epoch {state.epoch}", flush=True)
-    elif info.is_main:
+    if info.is_main and resume_opt is None:
         print(f"fold {fold}: {len(train)} train / {len(val)} val images, {steps} updates per epoch", flush=True)
 
     hints = Hints()
@@ -197,7 +201,7 @@ def train_fold(cfg: TrainConfig, info: DistInfo, images: pd.DataFrame, folds: pd
                 write_csv(fold_dir / "history.csv", pd.DataFrame(state.history))
                 ckpt.save_weights(model, last_w, metadata={"epoch": str(state.epoch)})
                 ckpt.save_state(last_s, {"fold_state": state.__dict__, "optimizer": optimizer.state_dict(),
-                                         "scheduler": scheduler.state_dict()})
+                                         "scheduler": scheduler.state_dict(), "config": cfg.to_dict()})
             barrier(info)
             if stop_stage:
                 if info.is_main:
@@ -205,10 +209,21 @@ def train_fold(cfg: TrainConfig, info: DistInfo, images: pd.DataFrame, folds: pd
                 break
     result = fold_metrics(fold_dir, state)
     if info.is_main:
+        # A finished fold needs no optimiser state to resume (it has nothing left to do): keep it small.
+        ckpt.save_state(last_s, {"fold_state": state.__dict__, "config": cfg.to_dict()})
         write_json(fold_dir / "metrics.json", result)
         print(f"fold {fold}: best weighted_r2 {state.best:.4f} at epoch {state.best_epoch}", flush=True)
     barrier(info)
     return result
+
+
+# Settings that do not change what a fold learns; a resume may differ in these.
+_RUNTIME_ONLY = {"resume", "num_workers", "device", "output_dir", "folds", "data_dir", "fold_csv", "depth_cache_dir"}
+
+
+def _changed_settings(saved: dict, cfg: TrainConfig) -> list[str]:
+    now = cfg.to_dict()
+    return sorted(k for k in now if k not in _RUNTIME_ONLY and k in saved and saved[k] != now[k])
 
 
 def fold_metrics(fold_dir: Path, state: FoldState) -> dict:

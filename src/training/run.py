@@ -1,7 +1,7 @@
 """Entry point of a training run: data, folds, DDP set-up, then one fold after another.
 
-After the folds of this invocation, rank 0 merges every ``fold*/oof.parquet`` present under the
-output directory into ``oof.parquet`` + ``oof_metrics.json`` and prints the OOF weighted R^2.
+After a run over every fold, rank 0 merges the ``fold*/oof.parquet`` files under the output
+directory into ``oof.parquet`` + ``oof_metrics.json`` and prints the OOF weighted R^2.
 """
 
 from __future__ import annotations
@@ -15,9 +15,7 @@ from src.data.depth import load_for_config
 from src.data.folds import make_folds, read_fold_csv
 from src.data.schema import load_train
 from src.errors import UserError
-from src.io_utils import write_json, write_parquet
-from src.metrics import summary
-from src.targets import TARGETS
+from src.oof import merge_oof
 from src.training.distributed import cleanup, per_rank_batch, setup
 from src.training.fit import train_fold
 
@@ -33,20 +31,6 @@ def resolve_folds(cfg: TrainConfig, images: pd.DataFrame) -> pd.Series:
     return folds
 
 
-def merge_oof(output_dir: Path, n_folds: int) -> dict | None:
-    parts = sorted(Path(output_dir).glob("fold*/oof.parquet"))
-    if not parts:
-        return None
-    oof = pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True).sort_values("image_id")
-    y = oof[[f"true_{t}" for t in TARGETS]].to_numpy()
-    p = oof[[f"pred_{t}" for t in TARGETS]].to_numpy()
-    scores = {**summary(y, p, oof["State"].to_numpy()), "folds": sorted(oof["fold"].unique().tolist()),
-              "complete": oof["fold"].nunique() == n_folds, "n_images": len(oof)}
-    write_parquet(Path(output_dir) / "oof.parquet", oof)
-    write_json(Path(output_dir) / "oof_metrics.json", scores)
-    return scores
-
-
 def run(cfg: TrainConfig) -> dict | None:
     images = load_train(cfg.data_dir)
     folds = resolve_folds(cfg, images)
@@ -60,6 +44,9 @@ def run(cfg: TrainConfig) -> dict | None:
         for k in todo:
             train_fold(cfg, info, images, folds, k, per_rank, depth)
         if not info.is_main:
+            return None
+        # Only a run over every fold merges; one-fold jobs (the pipeline's) leave that to the merge rule.
+        if len(todo) < folds.nunique():
             return None
         scores = merge_oof(Path(cfg.output_dir), folds.nunique())
         if scores:

@@ -1,0 +1,148 @@
+"""The Snakemake pipeline: lint, SLURM dry run, config errors before any job, and a real run
+versioned by DVC (repro -> push -> pull into a fresh clone -> nothing left to do)."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = str(Path(sys.executable).parent)
+
+
+def _env():
+    return {**os.environ, "PATH": BIN + os.pathsep + os.environ["PATH"], "OMP_NUM_THREADS": "1",
+            "HF_HUB_OFFLINE": "1", "NO_ALBUMENTATIONS_UPDATE": "1", "DVC_NO_ANALYTICS": "1"}  # fmt: skip
+
+
+def _run(args, cwd, check=True):
+    proc = subprocess.run(args, cwd=cwd, capture_output=True, text=True, env=_env())
+    if check:
+        assert proc.returncode == 0, f"{args}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc
+
+
+def _snake(*args, cwd, check=True):
+    return _run([sys.executable, "-m", "snakemake", *args], cwd, check)
+
+
+@pytest.fixture
+def repo(tmp_path):
+    """The project's files (what git would ship), without data or results."""
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True,
+                           text=True, check=True).stdout.split()  # fmt: skip
+    dst = tmp_path / "repo"
+    for f in files:
+        if f.startswith(("data/", "results/")) or not (REPO / f).is_file():
+            continue
+        (dst / f).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / f, dst / f)
+    return dst
+
+
+def test_lint_passes(repo):
+    out = _snake("--lint", "--configfile", "config/test.yaml", cwd=repo)
+    assert "good condition" in out.stdout + out.stderr
+
+
+def test_slurm_profile_dry_run_asks_for_gpus_and_torchrun(repo):
+    profile = yaml.safe_load((repo / "profiles/slurm/config.yaml").read_text())
+    assert profile["executor"] == "slurm"
+    assert "tasks" not in str(profile["set-resources"]["train"]) and "gres" not in str(profile)
+    _run([sys.executable, "-m", "src.synth", "--out", "data/raw", "--n-train", "24", "--n-test", "4",
+          "--width", "128", "--height", "64"], repo)  # fmt: skip
+    out = _snake("--workflow-profile", "profiles/slurm", "--configfile", "config/config.yaml", "--jobs", "4", "-n", "-p",
+                 cwd=repo)  # fmt: skip
+    text = out.stdout + out.stderr
+    assert "torchrun --standalone --nproc_per_node=2 -m src.dinov3_train" in text
+    assert "gpu=2" in text and "rule train" in text
+    for m in ("M1", "M2", "M3", "M4", "M5"):
+        assert f"results/models/{m}/fold4/metrics.json" in text
+
+
+@pytest.mark.parametrize("edit, words", [
+    ({"models": ["baseline", "no_such_model"]}, "unknown model 'no_such_model'"),
+    ({"data_dir": "nowhere", "demo_data": None}, "has no train.csv"),
+    ({"folds": {"n_folds": 1}}, "n_folds is 1"),
+    ({"trainer_overrides": {"image_size": 30}}, "multiple of 16"),
+])  # fmt: skip
+def test_wrong_config_stops_before_any_job(repo, edit, words):
+    cfg = yaml.safe_load((repo / "config/test.yaml").read_text())
+    for k, v in edit.items():
+        if v is None:
+            cfg.pop(k, None)
+        elif isinstance(v, dict) and isinstance(cfg.get(k), dict):
+            cfg[k] = {**cfg[k], **v}
+        else:
+            cfg[k] = v
+    (repo / "config/bad.yaml").write_text(yaml.safe_dump(cfg))
+    out = _snake("--configfile", "config/bad.yaml", cwd=repo, check=False)
+    assert out.returncode != 0
+    assert words in out.stdout + out.stderr
+    assert not (repo / "results").exists() and not (repo / "data").exists()
+
+
+def _dvc(*args, cwd):
+    return _run([sys.executable, "-m", "dvc", *args], cwd)
+
+
+def _git(*args, cwd):
+    return _run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd)
+
+
+def test_pipeline_runs_and_round_trips_through_dvc(repo, tmp_path):
+    # The user's data: the demo generator stands in for the Kaggle download.
+    _run([sys.executable, "-m", "src.synth", "--out", "data/raw", "--n-train", "36", "--n-test", "6", "--width", "256",
+          "--height", "128"], repo)  # fmt: skip
+    cfg = yaml.safe_load((repo / "config/test.yaml").read_text())
+    cfg.pop("demo_data")
+    cfg.update(data_dir="data/raw", results_dir="results")
+    cfg["folds"]["csv"] = "data/trainfold_group_location.csv"
+    (repo / "config/roundtrip.yaml").write_text(yaml.safe_dump(cfg))
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["configfile"] = "config/roundtrip.yaml"
+    (repo / "params.yaml").write_text(yaml.safe_dump(params))
+
+    _git("init", "-q", cwd=repo)
+    _dvc("init", "-q", cwd=repo)
+    _dvc("remote", "add", "-d", "local", str(tmp_path / "remote"), cwd=repo)
+    _dvc("add", "-q", "data/raw", cwd=repo)
+    _git("add", "-A", cwd=repo)
+    _git("commit", "-qm", "project + data", cwd=repo)
+
+    _dvc("repro", cwd=repo)
+    res = repo / "results"
+    sub = pd.read_csv(res / "ensemble/submission.csv")
+    sample = pd.read_csv(repo / "data/raw/sample_submission.csv")
+    assert sub["sample_id"].tolist() == sample["sample_id"].tolist() and sub["target"].ge(0).all()
+    for m in cfg["models"]:
+        assert (res / f"models/{m}/oof_metrics.json").exists()
+        assert len(list((res / f"models/{m}").glob("fold*/best.safetensors"))) == cfg["folds"]["n_folds"]
+    for f in ("model_table.md", "pred_vs_true.png", "r2_by_state.png", "learning_curves.png"):
+        assert (res / "report" / f).stat().st_size > 0
+    assert not list((res / "depth").glob("[sb][ma]*/*.safetensors"))  # caches are temp: never versioned
+    assert "Nothing to be done" in _snake("-n", "--configfile", "config/roundtrip.yaml", cwd=repo).stdout + \
+        _snake("-n", "--configfile", "config/roundtrip.yaml", cwd=repo).stderr
+
+    _dvc("push", "-q", cwd=repo)
+    _git("add", "-A", cwd=repo)
+    _git("commit", "-qm", "results", cwd=repo)
+    clone = tmp_path / "clone"
+    _run(["git", "clone", "-q", str(repo), str(clone)], tmp_path)
+    _dvc("pull", "-q", cwd=clone)
+    assert (clone / "results/ensemble/submission.csv").read_text() == (res / "ensemble/submission.csv").read_text()
+    _snake("--touch", "--configfile", "config/roundtrip.yaml", cwd=clone)
+    dry = _snake("-n", "--configfile", "config/roundtrip.yaml", cwd=clone)
+    assert "Nothing to be done" in dry.stdout + dry.stderr
+
+
+def test_params_yaml_matches_the_real_config():
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    cfg = yaml.safe_load((REPO / params["configfile"]).read_text())
+    assert params["data_dir"] == cfg["data_dir"] and params["results_dir"] == cfg["results_dir"]
+    assert params["fold_csv"] == cfg["folds"]["csv"]

@@ -1,0 +1,108 @@
+# Helpers shared by the rules: config validation (before any job starts), paths, trainer flags.
+import os
+import shlex
+import sys
+from pathlib import Path
+
+from snakemake.exceptions import WorkflowError
+from snakemake.utils import validate
+
+REPO = Path(workflow.basedir).parent
+sys.path.insert(0, str(REPO))  # the src package, from the repository root
+
+from src.config import from_dict, load_yaml, to_argv  # noqa: E402
+from src.errors import UserError  # noqa: E402
+
+validate(config, schema="../schemas/config.schema.yaml")
+
+DATA = config["data_dir"]
+RESULTS = config["results_dir"]
+N_FOLDS = config["folds"]["n_folds"]
+FOLD_CSV = config["folds"].get("csv") or f"{DATA}/trainfold_{config['folds']['strategy']}.csv"
+FOLDS = config["train"].get("folds") or list(range(N_FOLDS))
+MODELS = config["models"]
+TINY_DEPTH = f"{RESULTS}/depth/tiny-da2"
+
+
+wildcard_constraints:
+    model=r"[A-Za-z0-9_\-]+",
+    fold=r"\d+",
+    split="train|test",
+    size="small|base",
+
+
+def _fail(msg):
+    raise WorkflowError(f"config error: {msg}")
+
+
+def model_yaml(model):
+    return f"config/models/{model}.yaml"
+
+
+def depth_model():
+    """What --depth-model the trainer gets: the demo's tiny local model, a given hub id/dir, or
+    '' (the hub id of each model's --depth-model-size)."""
+    return TINY_DEPTH if config["depth"]["model"] == "tiny" else config["depth"]["model"]
+
+
+def pipeline_values():
+    """What the pipeline sets on every model: its overrides, then its paths and depth settings."""
+    values = dict(config.get("trainer_overrides") or {})
+    values.update(depth_model=depth_model(), depth_cache_dir=f"{RESULTS}/depth", depth_backend=config["depth"]["backend"],
+                  depth_resolution=config["depth"]["resolution"], n_folds=N_FOLDS)
+    return values
+
+
+def trainer_values(model):
+    """The model's YAML, overridden by the pipeline (the command line does the same at run time)."""
+    return {**load_yaml(REPO / model_yaml(model)), **pipeline_values()}
+
+
+# --- checks that stop a wrong config before any job starts ---------------------------------------
+if N_FOLDS < 2:
+    _fail(f"folds.n_folds is {N_FOLDS}; use at least 2")
+bad_folds = [k for k in FOLDS if not 0 <= k < N_FOLDS]
+if bad_folds:
+    _fail(f"train.folds {bad_folds} outside 0..{N_FOLDS - 1}")
+if "demo_data" not in config and not Path(DATA, "train.csv").exists():
+    _fail(f"data_dir {DATA!r} has no train.csv; put the Kaggle data there (see README) or use --configfile config/demo.yaml")
+TRAINER = {}
+for _m in MODELS:
+    if not (REPO / model_yaml(_m)).exists():
+        known = sorted(p.stem for p in (REPO / "config/models").glob("*.yaml"))
+        _fail(f"unknown model {_m!r}: no {model_yaml(_m)}; known models: {', '.join(known)}")
+    try:
+        TRAINER[_m] = from_dict(trainer_values(_m), source=model_yaml(_m))
+    except UserError as exc:
+        _fail(str(exc))
+
+
+def uses_depth(model):
+    return TRAINER[model].use_depth
+
+
+def depth_caches(model, split):
+    if not uses_depth(model):
+        return []
+    return [f"{RESULTS}/depth/{TRAINER[model].depth_model_size}/{split}.safetensors"]
+
+
+def fold_done(model, fold):
+    return f"{RESULTS}/models/{model}/fold{fold}/metrics.json"
+
+
+def launcher(gpus):
+    """torchrun for multi-GPU jobs (--standalone: a free rendezvous port per job), else python."""
+    if gpus > 1:
+        return f"torchrun --standalone --nproc_per_node={gpus}"
+    return "python"
+
+
+def trainer_flags():
+    return shlex.join(to_argv(pipeline_values()))
+
+
+def all_targets():
+    out = [f"{RESULTS}/models/{m}/oof_metrics.json" for m in MODELS]
+    out += [f"{RESULTS}/ensemble/submission.csv", f"{RESULTS}/report/model_table.md"]
+    return out

@@ -1,0 +1,41 @@
+# Data: the demo's synthetic Kaggle-format dataset (demo configs only) and the fold CSV.
+
+if "demo_data" in config:
+
+    rule demo_data:
+        output:
+            train=f"{DATA}/train.csv",
+            test=f"{DATA}/test.csv",
+            sample=f"{DATA}/sample_submission.csv",
+            solution=f"{DATA}/test_solution.csv",
+        params:
+            data=lambda wc, output: os.path.dirname(output.train),
+            d=config.get("demo_data", {}),
+        log:
+            f"{RESULTS}/logs/demo_data.log",
+        benchmark:
+            f"{RESULTS}/benchmarks/demo_data.tsv"
+        conda:
+            "../envs/pipeline.yaml"
+        shell:
+            "python -m src.synth --out {params.data} --n-train {params.d[n_train]} --n-test {params.d[n_test]} "
+            "--seed {params.d[seed]} --width {params.d[width]} --height {params.d[height]} > {log} 2>&1"
+
+
+rule folds:
+    input:
+        f"{DATA}/train.csv",
+    output:
+        FOLD_CSV,
+    params:
+        data=lambda wc, input: os.path.dirname(input[0]),
+        f=config["folds"],
+    log:
+        f"{RESULTS}/logs/folds.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/folds.tsv"
+    conda:
+        "../envs/pipeline.yaml"
+    shell:
+        "python -m src.make_folds --data-dir {params.data} --out {output} --n-folds {params.f[n_folds]} "
+        "--cv-strategy {params.f[strategy]} --seed {params.f[seed]} > {log} 2>&1"

@@ -1,0 +1,40 @@
+# Depth Anything V2 caches, one per split and model size, built only for models that use depth.
+
+if config["depth"]["model"] == "tiny":
+
+    rule tiny_depth_model:
+        output:
+            directory(TINY_DEPTH),
+        log:
+            f"{RESULTS}/logs/tiny_depth_model.log",
+        benchmark:
+            f"{RESULTS}/benchmarks/tiny_depth_model.tsv"
+        conda:
+            "../envs/pipeline.yaml"
+        shell:
+            "python -m src.depth_cache --make-tiny-model {output} > {log} 2>&1"
+
+
+rule depth_cache:
+    input:
+        csv=f"{DATA}/{{split}}.csv",
+        model=[TINY_DEPTH] if config["depth"]["model"] == "tiny" else [],
+    output:
+        # temp: rebuilt on demand, never versioned (DVC pushes the models, not these caches)
+        temp(f"{RESULTS}/depth/{{size}}/{{split}}.safetensors"),
+    params:
+        data=lambda wc, input: os.path.dirname(input.csv),
+        model=lambda wc: shlex.quote(depth_model()),
+        d=config["depth"],
+    resources:
+        gpu=config["depth"].get("gpus", 0),
+    log:
+        f"{RESULTS}/logs/depth/{{size}}_{{split}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/depth/{{size}}_{{split}}.tsv"
+    conda:
+        "../envs/pipeline.yaml"
+    shell:
+        "python -m src.depth_cache --data-dir {params.data} --split {wildcards.split} --model-size {wildcards.size} "
+        "--model {params.model} --backend {params.d[backend]} --resolution {params.d[resolution]} "
+        "--batch-size {params.d[batch_size]} --out {output} > {log} 2>&1"

@@ -1,0 +1,26 @@
+# The ensemble: plain mean (the guide's) vs OOF-fitted non-negative weights, the better kept.
+
+
+rule ensemble:
+    input:
+        oof=expand(f"{RESULTS}/models/{{model}}/oof.parquet", model=MODELS),
+        pred=expand(f"{RESULTS}/models/{{model}}/test_pred.parquet", model=MODELS),
+        test=f"{DATA}/test.csv",
+    output:
+        sub=f"{RESULTS}/ensemble/submission.csv",
+        oof=f"{RESULTS}/ensemble/oof.parquet",
+        metrics=f"{RESULTS}/ensemble/oof_metrics.json",
+        weights=f"{RESULTS}/ensemble/weights.json",
+        pred=f"{RESULTS}/ensemble/test_pred.parquet",
+    params:
+        data=lambda wc, input: os.path.dirname(input.test),
+        results=lambda wc, output: os.path.dirname(os.path.dirname(output.sub)),
+        models=" ".join(MODELS),
+    log:
+        f"{RESULTS}/logs/ensemble.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/ensemble.tsv"
+    conda:
+        "../envs/pipeline.yaml"
+    shell:
+        "python -m src.ensemble blend --results-dir {params.results} --models {params.models} --data-dir {params.data} > {log} 2>&1"

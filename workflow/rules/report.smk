@@ -1,0 +1,25 @@
+# Plots and the model table (which phase of the guide won), also in `snakemake --report`.
+
+
+rule report:
+    input:
+        oof=expand(f"{RESULTS}/models/{{model}}/oof_metrics.json", model=MODELS),
+        ensemble=f"{RESULTS}/ensemble/oof_metrics.json",
+    output:
+        table=report(f"{RESULTS}/report/model_table.csv", caption="../report/model_table.rst", category="Models"),
+        table_md=f"{RESULTS}/report/model_table.md",
+        scatter=report(f"{RESULTS}/report/pred_vs_true.png", caption="../report/pred_vs_true.rst", category="OOF"),
+        states=report(f"{RESULTS}/report/r2_by_state.png", caption="../report/r2_by_state.rst", category="OOF"),
+        curves=report(f"{RESULTS}/report/learning_curves.png", caption="../report/learning_curves.rst", category="Training"),
+    params:
+        results=lambda wc, output: os.path.dirname(os.path.dirname(output.table)),
+        models=" ".join(MODELS),
+    log:
+        f"{RESULTS}/logs/report.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/report.tsv"
+    conda:
+        "../envs/pipeline.yaml"
+    shell:
+        "MPLBACKEND=Agg python -m src.report --results-dir {params.results} --models {params.models} "
+        "--out-dir {params.results}/report > {log} 2>&1"

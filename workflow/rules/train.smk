@@ -1,0 +1,78 @@
+# One model x one fold per job (torchrun when the job has several GPUs), then the per-model OOF
+# merge and the test predictions of all its folds. metrics.json is the fold's completion marker:
+# the other fold files are not declared, so a killed job keeps last.* and resumes (--resume).
+
+
+rule train:
+    input:
+        folds=FOLD_CSV,
+        model_cfg=lambda wc: model_yaml(wc.model),
+        depth=lambda wc: depth_caches(wc.model, "train"),
+    output:
+        f"{RESULTS}/models/{{model}}/fold{{fold}}/metrics.json",
+    params:
+        data=lambda wc: DATA,
+        launcher=launcher(config["train"]["gpus"]),
+        flags=trainer_flags(),
+        out=lambda wc, output: os.path.dirname(os.path.dirname(output[0])),
+    threads: config["train"]["threads"]
+    resources:
+        gpu=config["train"]["gpus"],
+        runtime=config["train"]["runtime_min"],
+        mem_mb=config["train"]["mem_mb"],
+    log:
+        f"{RESULTS}/logs/train/{{model}}_fold{{fold}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/train/{{model}}_fold{{fold}}.tsv"
+    conda:
+        "../envs/pipeline.yaml"
+    shell:
+        "OMP_NUM_THREADS={threads} {params.launcher} -m src.dinov3_train --config {input.model_cfg} {params.flags} "
+        "--data-dir {params.data} --fold-csv {input.folds} --folds {wildcards.fold} --output-dir {params.out} "
+        "--resume > {log} 2>&1"
+
+
+rule merge_oof:
+    input:
+        lambda wc: [fold_done(wc.model, k) for k in FOLDS],
+    output:
+        oof=f"{RESULTS}/models/{{model}}/oof.parquet",
+        metrics=f"{RESULTS}/models/{{model}}/oof_metrics.json",
+    params:
+        n_folds=N_FOLDS,
+        out=lambda wc, output: os.path.dirname(output.oof),
+    log:
+        f"{RESULTS}/logs/merge_oof/{{model}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/merge_oof/{{model}}.tsv"
+    conda:
+        "../envs/pipeline.yaml"
+    shell:
+        "python -m src.ensemble merge-oof --model-dir {params.out} --n-folds {params.n_folds} > {log} 2>&1"
+
+
+rule predict:
+    input:
+        folds=lambda wc: [fold_done(wc.model, k) for k in FOLDS],
+        depth=lambda wc: depth_caches(wc.model, "test"),
+        test=f"{DATA}/test.csv",
+    output:
+        pred=f"{RESULTS}/models/{{model}}/test_pred.parquet",
+        sub=f"{RESULTS}/models/{{model}}/submission.csv",
+    params:
+        data=lambda wc, input: os.path.dirname(input.test),
+        depth_dir=lambda wc: f"{RESULTS}/depth",
+        out=lambda wc, output: os.path.dirname(output.pred),
+        tta="--tta" if config["predict"]["tta"] else "--no-tta",
+    threads: config["train"]["threads"]
+    resources:
+        gpu=min(config["train"]["gpus"], 1),
+    log:
+        f"{RESULTS}/logs/predict/{{model}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/predict/{{model}}.tsv"
+    conda:
+        "../envs/pipeline.yaml"
+    shell:
+        "OMP_NUM_THREADS={threads} python -m src.predict --model-dir {params.out} --data-dir {params.data} --split test "
+        "{params.tta} --depth-cache-dir {params.depth_dir} > {log} 2>&1"
