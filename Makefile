@@ -12,7 +12,7 @@ DEMO_DIR := data/demo
 
 .venv/.installed: requirements.txt
 	@test -x $(PY) || python3 -m venv .venv
-	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	$(PY) -m pip install -qq --disable-pip-version-check -r requirements.txt
 	@touch $@
 
 # The main job: the Snakemake pipeline on the embedded demo data (config/demo.yaml), then its

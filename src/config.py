@@ -39,6 +39,8 @@ class TrainConfig:
     seed: int = opt(42, "random seed (model init, data order, augmentation)", "run")
     device: str = opt("auto", "auto (cuda > mps > cpu), cuda, mps or cpu", "run", choices=("auto", "cuda", "mps", "cpu"))
     num_workers: int = opt(2, "DataLoader worker processes per rank", "run")
+    image_cache_dir: str = opt("", "folder of image caches (<dir>/<size>/<split>.npy, python -m src.image_cache); "
+                               "empty: decode the JPEGs every epoch", "run")
     resume: bool = opt(False, "continue each fold from its last completed epoch (fold<k>/last.*)", "run")
 
     # --- model ---------------------------------------------------------------------------------
@@ -46,6 +48,10 @@ class TrainConfig:
     backbone_weights: str = opt("hub", "hub (timm .lvd1689m weights), none (random init) or a local weights file", "model")
     image_size: int = opt(512, "pixels per side of each square half fed to the backbone (multiple of 16)", "model")
     gradient_checkpointing: bool = opt(False, "recompute backbone activations in backward (saves memory)", "model")
+    feature_cache: bool = opt(True, "while the backbone is frozen, compute its tokens once per view and train the heads "
+                              "on them (not with --use-aos-hallucination)", "training")
+    feature_cache_views: int = opt(4, "views per image in the feature cache: the first N of the 8 flips/rotations",
+                                   "training")
     train_dead: bool = opt(False, "predict Dead directly (else Dead = Total - GDM)", "heads")
     train_clover: bool = opt(True, "predict Clover directly (else Clover = GDM - Green)", "heads")
 
@@ -205,6 +211,8 @@ def validate(cfg: TrainConfig, source: str = "config") -> None:
             raise UserError(f"{source}: {flag(name)} {getattr(cfg, name)!r} is not one of {', '.join(choices)}")
     if cfg.image_size <= 0 or cfg.image_size % 16:
         raise UserError(f"{source}: --image-size {cfg.image_size} must be a positive multiple of 16 (the patch size)")
+    if not 1 <= cfg.feature_cache_views <= 8:
+        raise UserError(f"{source}: --feature-cache-views must be within 1..8 (the flips/rotations of a square)")
     for name in ("batch_size", "grad_accum", "n_folds"):
         if getattr(cfg, name) < 1:
             raise UserError(f"{source}: {flag(name)} must be >= 1")

@@ -71,11 +71,13 @@ def test_two_stage_run_writes_every_output(demo_data, tmp_path):
 
 
 def test_ddp_two_ranks_match_one_process(demo_data, tmp_path):
-    common = ("--folds", "0", "--no-two-stage", "--epochs", "2", "--batch-size", "16", "--warmup-epochs", "0.5")
+    # Stage 1 on the frozen-feature cache, Stage 2 on the live backbone: both must match.
+    common = ("--folds", "0", "--freeze-epochs", "2", "--stage1-patience", "5", "--stage2-epochs", "2",
+              "--batch-size", "16", "--warmup-epochs", "0.5")  # fmt: skip
     _train(demo_data, tmp_path / "single", *common)
     ddp = _train(demo_data, tmp_path / "ddp", *common, torchrun=2)
     assert "DDP batch adjustment: 16 → 8/GPU (effective: 16)" in ddp.stdout
-    assert ddp.stdout.count("fold 0 | single 1/2") == 1  # only rank 0 prints
+    assert ddp.stdout.count("fold 0 | stage1 1/2") == 1 and "feature cache" in ddp.stdout  # only rank 0 prints
     _assert_same_weights(tmp_path / "single/fold0/last.safetensors", tmp_path / "ddp/fold0/last.safetensors", 1e-5)
     h1, h2 = pd.read_csv(tmp_path / "single/fold0/history.csv"), pd.read_csv(tmp_path / "ddp/fold0/history.csv")
     np.testing.assert_allclose(h1["weighted_r2"], h2["weighted_r2"], atol=1e-5)

@@ -25,10 +25,13 @@ class BiomassDataset(Dataset):
     """Rows of a one-row-per-image table; ``targets`` present for training/validation only."""
 
     def __init__(self, images: pd.DataFrame, data_dir: str | Path, transform: HalfTransform, seed: int = 0,
-                 depth: np.ndarray | None = None, aux: dict[str, np.ndarray] | None = None):
+                 depth: np.ndarray | None = None, aux: dict[str, np.ndarray] | None = None,
+                 halves: tuple[np.ndarray, np.ndarray] | None = None):
         """``depth``: cached half depth maps (len(images), 2, R, R) in row order, or None.
-        ``aux``: per-image targets of the auxiliary heads (``fold_stats.aux_targets``), or None."""
+        ``aux``: per-image targets of the auxiliary heads (``fold_stats.aux_targets``), or None.
+        ``halves``: an image cache (memory map, row per image) to read instead of the JPEGs."""
         self.images = images.reset_index(drop=True)
+        self.halves = halves
         self.depth = depth
         self.aux = aux or {}
         self.data_dir = Path(data_dir)
@@ -45,11 +48,14 @@ class BiomassDataset(Dataset):
         return len(self.images)
 
     def __getitem__(self, i: int) -> dict:
-        row = self.images.iloc[i]
-        img = read_rgb(self.data_dir / row["image_path"])
         # Deterministic per (seed, epoch, image) so DDP and resume see the same augmentations.
         aug_seed = (self.seed * 1_000_003 + self.epoch * 10_007 + i) % (2**31 - 1)
-        item = self.transform(img, aug_seed, None if self.depth is None else self.depth[i])
+        depth = None if self.depth is None else self.depth[i]
+        if self.halves is not None:
+            cache, rows = self.halves
+            item = self.transform.from_halves(cache[rows[i]], aug_seed, depth)
+        else:
+            item = self.transform(read_rgb(self.data_dir / self.images.at[i, "image_path"]), aug_seed, depth)
         item["index"] = torch.tensor(i)
         for name, values in self.aux.items():
             item[name] = torch.tensor(values[i])

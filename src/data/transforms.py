@@ -80,9 +80,13 @@ class HalfTransform:
         self.photometric = build_photometric() if train and aos else None
 
     def __call__(self, img: np.ndarray, seed: int = 0, depth: np.ndarray | None = None) -> dict[str, torch.Tensor]:
+        return self.from_halves([to_square(h, self.size, self.pad) for h in split_halves(img)], seed, depth)
+
+    def from_halves(self, squares, seed: int = 0, depth: np.ndarray | None = None) -> dict[str, torch.Tensor]:
+        """The same, from halves already split and resized (an image cache's rows)."""
         halves, feats, relit = [], [], []
-        for k, half in enumerate(split_halves(img)):
-            half = to_square(half, self.size, self.pad)
+        for k, half in enumerate(squares):
+            half = np.ascontiguousarray(half)
             d = None
             if depth is not None:
                 d = cv2.resize(depth[k].astype(np.float32), (self.size, self.size), interpolation=cv2.INTER_LINEAR)

@@ -106,23 +106,31 @@ class BiomassModel(nn.Module):
             t = self.backbone.forward_features(flat)
         return t[:, 0], t[:, self.num_prefix:]
 
-    def encode(self, x: torch.Tensor, depth: torch.Tensor | None):
-        """Tokens with depth fused in, and the pooled image feature (B, 2D) for the auxiliary heads."""
-        cls, patches = self.tokens(x)
+    def encode(self, x: torch.Tensor | None, depth: torch.Tensor | None, cached: dict | None = None):
+        """Tokens with depth fused in, and the pooled image feature (B, 2D) for the auxiliary heads.
+        ``cached``: the frozen backbone's tokens from the feature cache ({"cls", "patches"} per half)
+        in place of running it on ``x``."""
+        if cached is not None:
+            b = cached["cls"].shape[0]
+            cls, patches = cached["cls"].flatten(0, 1), cached["patches"].flatten(0, 1)
+        else:
+            b = x.shape[0]
+            cls, patches = self.tokens(x)
         if self.depth_features is not None:
             if depth is None:
                 raise ValueError("this model was built with depth: the batch needs 'depth' features")
             patches = self.depth_features(patches, depth.flatten(0, 1))
         half_feat = torch.cat([cls, patches.mean(1)], dim=-1)
-        return cls, patches, half_feat.view(x.shape[0], 2, -1).mean(1)
+        return cls, patches, half_feat.view(b, 2, -1).mean(1)
 
     # --- forward ---------------------------------------------------------------------------------
     def forward(self, batch: dict) -> dict[str, torch.Tensor]:
-        """``batch``: image (B, 2, 3, S, S); depth (B, 2, 2, S/16, S/16) with --use-depth;
-        aos_view (a photometrically different copy of image) while training with AOS."""
-        x = batch["image"]
-        b = x.shape[0]
-        cls, patches, feat = self.encode(x, batch.get("depth"))
+        """``batch``: image (B, 2, 3, S, S), or cls (B, 2, D) + patches (B, 2, N, D) from the
+        feature cache; depth (B, 2, 2, S/16, S/16) with --use-depth; aos_view (a photometrically
+        different copy of image) while training with AOS."""
+        cached = batch if "patches" in batch else None
+        b = batch["patches"].shape[0] if cached else batch["image"].shape[0]
+        cls, patches, feat = self.encode(batch.get("image"), batch.get("depth"), cached)
         out = {name: head(feat) for name, head in self.aux.items()}
 
         density = self.head(patches, cls)  # (B*2, N, k)

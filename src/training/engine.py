@@ -59,7 +59,7 @@ def train_one_epoch(model, raw_model, loader, criterion, optimizer, scheduler, i
             optimizer.zero_grad(set_to_none=True)
             updates_done += 1
             scheduler.step_update(updates_done)
-        b = batch["image"].shape[0]
+        b = len(batch["index"])
         n += b
         sums["loss"] = sums.get("loss", 0.0) + float(loss.detach()) * b
         for k, v in parts.items():
@@ -94,7 +94,7 @@ def evaluate(raw_model, loader, criterion, device: torch.device) -> tuple[dict[s
                 preds.setdefault(key, []).append(outputs[key].cpu().numpy())
         if "targets" in batch:
             loss, parts = criterion(outputs, batch)
-            b = batch["image"].shape[0]
+            b = len(batch["index"])
             n += b
             sums["loss"] = sums.get("loss", 0.0) + float(loss) * b
             for k, v in parts.items():

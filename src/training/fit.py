@@ -30,6 +30,7 @@ from src.targets import SHORT, TARGETS
 from src.training import checkpoint as ckpt
 from src.training.distributed import DistInfo, all_equal_check, barrier
 from src.training.engine import evaluate, train_one_epoch
+from src.training.feature_cache import CachedBatches, CachedValidation, FeatureCache
 from src.training.monitor import Hints
 from src.training.optim import build_optimizer, build_scheduler, current_lrs
 
@@ -67,6 +68,28 @@ class FoldState:
     history: list = field(default_factory=list)
 
 
+def _build_feature_caches(model, cfg, info, train, val, tf, depth, is_val, halves, stats, extras, batch_size):
+    """Tokens of the frozen backbone: every training image under the configured views, and the
+    unaugmented validation images. Each rank computes all of them (identical, no communication)."""
+    def dataset(images, mask):
+        return BiomassDataset(images, cfg.data_dir, HalfTransform(train=False, **tf),
+                              depth=None if depth is None else depth[mask], aux=aux_targets(images, stats, extras),
+                              halves=_rows(halves, mask))  # fmt: skip
+
+    train_cache = FeatureCache(model, dataset(train, ~is_val), cfg.feature_cache_views, info.device, batch_size,
+                               "feature cache (train)")  # fmt: skip
+    val_cache = FeatureCache(model, dataset(val, is_val), 1, info.device, batch_size, "feature cache (val)")
+    if info.is_main:
+        mib = (train_cache.nbytes + val_cache.nbytes) / 2**20
+        print(f"feature cache: {len(train)} images x {cfg.feature_cache_views} views + {len(val)} val, {mib:.0f} MiB",
+              flush=True)  # fmt: skip
+    return train_cache, val_cache
+
+
+def _rows(halves: tuple | None, mask: np.ndarray) -> tuple | None:
+    return None if halves is None else (halves[0], halves[1][mask])
+
+
 def oof_frame(val: pd.DataFrame, fold: int, outputs: dict[str, np.ndarray]) -> pd.DataFrame:
     """True and predicted grams per validation image, plus any auxiliary predictions."""
     df = pd.DataFrame({"image_id": val["image_id"].to_numpy(), "fold": fold, "State": val["State"].to_numpy()})
@@ -88,8 +111,9 @@ def _format(fold: int, stage: Stage, stage_epoch: int, row: dict, parts: list[st
 
 
 def train_fold(cfg: TrainConfig, info: DistInfo, images: pd.DataFrame, folds: pd.Series, fold: int, per_rank_batch: int,
-               depth: np.ndarray | None = None) -> dict:
-    """``depth``: cached half depth maps in ``images`` row order (None without --use-depth)."""
+               depth: np.ndarray | None = None, halves: tuple | None = None) -> dict:
+    """``depth``: cached half depth maps in ``images`` row order (None without --use-depth);
+    ``halves``: the image cache (memory map, row per image in ``images`` order), or None."""
     fold_dir = Path(cfg.output_dir) / f"fold{fold}"
     is_val = (folds == fold).to_numpy()
     train, val = images[~is_val].reset_index(drop=True), images[is_val].reset_index(drop=True)
@@ -105,9 +129,9 @@ def train_fold(cfg: TrainConfig, info: DistInfo, images: pd.DataFrame, folds: pd
     train_ds = BiomassDataset(train, cfg.data_dir, HalfTransform(train=True, strong_aug=cfg.strong_aug,
                               perspective=cfg.use_perspective_jitter, aos=cfg.use_aos_hallucination, **tf),
                               seed=cfg.seed + fold, depth=None if depth is None else depth[~is_val],
-                              aux=aux_targets(train, stats, extras))
+                              aux=aux_targets(train, stats, extras), halves=_rows(halves, ~is_val))
     val_ds = BiomassDataset(val, cfg.data_dir, HalfTransform(train=False, **tf), depth=None if depth is None else depth[is_val],
-                            aux=aux_targets(val, stats, extras))
+                            aux=aux_targets(val, stats, extras), halves=_rows(halves, is_val))
     # One sampler for one or many ranks: rank r takes perm[r::world], so the union of the ranks'
     # i-th batches is exactly one process's i-th batch and DDP matches single-process training.
     sampler = DistributedSampler(train_ds, num_replicas=info.world_size, rank=info.rank, shuffle=True,
@@ -143,6 +167,7 @@ def train_fold(cfg: TrainConfig, info: DistInfo, images: pd.DataFrame, folds: pd
 
     hints = Hints()
     stages = plan_stages(cfg)
+    caches = None  # (train, val) frozen-feature caches, built when a frozen stage first needs them
     for si in range(state.stage, len(stages)):
         stage = stages[si]
         if stage.epochs <= 0:
@@ -153,6 +178,12 @@ def train_fold(cfg: TrainConfig, info: DistInfo, images: pd.DataFrame, folds: pd
             if stage.name == "stage2":
                 state.stage2_start = state.epoch
         model.freeze_backbone(not stage.train_backbone)
+        batches, val_batches = train_loader, val_loader
+        if not stage.train_backbone and cfg.feature_cache and not cfg.use_aos_hallucination:
+            if caches is None:
+                caches = _build_feature_caches(model, cfg, info, train, val, tf, depth, is_val, halves, stats, extras, per_rank_batch)
+            batches = CachedBatches(caches[0], sampler, per_rank_batch, cfg.seed + fold)
+            val_batches = CachedValidation(caches[1], per_rank_batch)
         wrapped = DDP(model, device_ids=[info.device.index] if info.device.type == "cuda" else None) if info.distributed else model
         optimizer = build_optimizer(model, cfg, stage.train_backbone)
         scheduler = build_scheduler(optimizer, cfg, stage.epochs, steps)
@@ -165,11 +196,13 @@ def train_fold(cfg: TrainConfig, info: DistInfo, images: pd.DataFrame, folds: pd
         while state.stage == si:
             sampler.set_epoch(state.epoch)
             train_ds.set_epoch(state.epoch)
+            if isinstance(batches, CachedBatches):
+                batches.set_epoch(state.epoch)
             train_loss, state.updates = train_one_epoch(
-                wrapped, model, train_loader, criterion, optimizer, scheduler, info, grad_accum=cfg.grad_accum,
+                wrapped, model, batches, criterion, optimizer, scheduler, info, grad_accum=cfg.grad_accum,
                 grad_clip=cfg.grad_clip, updates_done=state.updates, desc=f"fold {fold} {stage.name} ep {state.stage_epoch + 1}",
             )
-            val_out, val_loss = evaluate(model, val_loader, criterion, info.device)
+            val_out, val_loss = evaluate(model, val_batches, criterion, info.device)
             scores = summary(val[list(TARGETS)].to_numpy(), val_out["pred"], val["State"].to_numpy())
             row = {"epoch": state.epoch, "stage": stage.name, **{f"lr_{k}": v for k, v in current_lrs(optimizer).items()},
                    **{f"train_{k}" if k != "loss" else "train_loss": v for k, v in train_loss.items()},
@@ -218,7 +251,8 @@ def train_fold(cfg: TrainConfig, info: DistInfo, images: pd.DataFrame, folds: pd
 
 
 # Settings that do not change what a fold learns; a resume may differ in these.
-_RUNTIME_ONLY = {"resume", "num_workers", "device", "output_dir", "folds", "data_dir", "fold_csv", "depth_cache_dir"}
+_RUNTIME_ONLY = {"resume", "num_workers", "device", "output_dir", "folds", "data_dir", "fold_csv", "depth_cache_dir",
+                 "image_cache_dir"}
 
 
 def _changed_settings(saved: dict, cfg: TrainConfig) -> list[str]:

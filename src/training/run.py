@@ -11,6 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 from src.config import TrainConfig
+from src.data import image_cache
 from src.data.depth import load_for_config
 from src.data.folds import make_folds, read_fold_csv
 from src.data.schema import load_train
@@ -35,6 +36,7 @@ def run(cfg: TrainConfig) -> dict | None:
     images = load_train(cfg.data_dir)
     folds = resolve_folds(cfg, images)
     depth = load_for_config(cfg, "train", images["image_id"].tolist())
+    halves = image_cache.load_for_config(cfg, "train", images["image_id"].tolist())
     info = setup(cfg.device)
     try:
         per_rank = per_rank_batch(cfg.batch_size, info)
@@ -42,7 +44,7 @@ def run(cfg: TrainConfig) -> dict | None:
         if info.is_main:
             print(f"device {info.device} x {info.world_size} | backbone {cfg.backbone_size} | folds {todo}", flush=True)
         for k in todo:
-            train_fold(cfg, info, images, folds, k, per_rank, depth)
+            train_fold(cfg, info, images, folds, k, per_rank, depth, halves)
         if not info.is_main:
             return None
         # Only a run over every fold merges; one-fold jobs (the pipeline's) leave that to the merge rule.

@@ -13,6 +13,8 @@ sys.path.insert(0, str(REPO))  # the src package, from the repository root
 from src.config import from_dict, load_yaml, to_argv  # noqa: E402
 from src.errors import UserError  # noqa: E402
 
+if not config:
+    raise WorkflowError("no config: run with --configfile config/config.yaml (real data) or config/demo.yaml")
 validate(config, schema="../schemas/config.schema.yaml")
 
 DATA = config["data_dir"]
@@ -28,6 +30,7 @@ wildcard_constraints:
     model=r"[A-Za-z0-9_\-]+",
     fold=r"\d+",
     split="train|test",
+    res=r"\d+(_pad)?",
     size="small|base",
 
 
@@ -50,6 +53,8 @@ def pipeline_values():
     values = dict(config.get("trainer_overrides") or {})
     values.update(depth_model=depth_model(), depth_cache_dir=f"{RESULTS}/depth", depth_backend=config["depth"]["backend"],
                   depth_resolution=config["depth"]["resolution"], n_folds=N_FOLDS)
+    if config["train"].get("image_cache", True):
+        values["image_cache_dir"] = f"{RESULTS}/cache/images"
     return values
 
 
@@ -85,6 +90,14 @@ def depth_caches(model, split):
     if not uses_depth(model):
         return []
     return [f"{RESULTS}/depth/{TRAINER[model].depth_model_size}/{split}.safetensors"]
+
+
+def image_cache(model):
+    """The decoded, resized training halves a model reads (empty with train.image_cache: false)."""
+    if not config["train"].get("image_cache", True):
+        return []
+    cfg = TRAINER[model]
+    return [f"{RESULTS}/cache/images/{cfg.image_size}{'_pad' if cfg.use_pad_to_square else ''}/train.npy"]
 
 
 def fold_done(model, fold):

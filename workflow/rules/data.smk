@@ -22,6 +22,28 @@ if "demo_data" in config:
             "--seed {params.d[seed]} --width {params.d[width]} --height {params.d[height]} > {log} 2>&1"
 
 
+rule image_cache:
+    input:
+        f"{DATA}/{{split}}.csv",
+    output:
+        # temp: a speed cache, rebuilt on demand and never versioned
+        npy=temp(f"{RESULTS}/cache/images/{{res}}/{{split}}.npy"),
+        meta=temp(f"{RESULTS}/cache/images/{{res}}/{{split}}.json"),
+    params:
+        data=lambda wc, input: os.path.dirname(input[0]),
+        size=lambda wc: wc.res.removesuffix("_pad"),
+        pad=lambda wc: "--pad-to-square" if wc.res.endswith("_pad") else "",
+    log:
+        f"{RESULTS}/logs/image_cache/{{res}}_{{split}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/image_cache/{{res}}_{{split}}.tsv"
+    conda:
+        "../envs/pipeline.yaml"
+    shell:
+        "python -m src.image_cache --data-dir {params.data} --split {wildcards.split} --size {params.size} "
+        "{params.pad} --out {output.npy} > {log} 2>&1"
+
+
 rule folds:
     input:
         f"{DATA}/train.csv",

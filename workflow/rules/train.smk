@@ -8,6 +8,7 @@ rule train:
         folds=FOLD_CSV,
         model_cfg=lambda wc: model_yaml(wc.model),
         depth=lambda wc: depth_caches(wc.model, "train"),
+        images=lambda wc: image_cache(wc.model),
     output:
         f"{RESULTS}/models/{{model}}/fold{{fold}}/metrics.json",
     params:

@@ -1,0 +1,133 @@
+"""Speed benchmarks, side by side in one run; writes benchmarks/results/<name>.json and a table.
+
+    python -m benchmarks.run                 # everything that this machine can run
+    python -m benchmarks.run --only data infer --quick
+
+(a) data: samples/s of the training data pipeline at 512 px with strong augmentation, decoding
+    the 2000x1000 JPEGs versus reading the image cache.
+(b) stage1: wall time of 10 Stage 1 epochs (frozen ViT-S, random weights, CPU) with and without
+    the frozen-feature cache.
+(c) gpu: train-step images/s and model FLOP utilisation (bf16) for ViT-B/L at 512 and 1024 px
+    per half; only where CUDA is available.
+(d) infer: inference images/s with and without flip TTA (ViT-S random weights).
+(e) demo: wall time of the `make demo` pipeline (snakemake on config/demo.yaml, fresh results).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+OUT = REPO / "benchmarks" / "results"
+
+
+def _timeit(fn, repeat: int = 1) -> float:
+    best = float("inf")
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def _synth(root: Path, n: int, width: int = 2000, height: int = 1000) -> Path:
+    from src.data.folds import make_folds
+    from src.data.schema import load_train
+    from src.synth import generate
+
+    data = root / "data"
+    generate(data, n_train=n, n_test=max(2, n // 8), seed=0, width=width, height=height)
+    make_folds(load_train(data), 5).to_csv(data / "trainfold_group_location.csv", index=False)
+    return data
+
+
+def bench_data(root: Path, quick: bool) -> dict:
+    from src.data.dataset import BiomassDataset
+    from src.data.image_cache import build, cache_path, load
+    from src.data.schema import load_train
+    from src.data.transforms import HalfTransform
+
+    data = _synth(root, 16 if quick else 48)
+    images = load_train(data)
+    build(data, "train", 512, cache_path(root / "cache", 512, "train"))
+    halves = load(cache_path(root / "cache", 512, "train"), images["image_id"].tolist(), 512, False, "")
+    tf = HalfTransform(size=512, train=True, strong_aug=True)
+    jpeg, cached = BiomassDataset(images, data, tf), BiomassDataset(images, data, tf, halves=halves)
+    n = len(images)
+    t_jpeg = _timeit(lambda: [jpeg[i] for i in range(n)], 2)
+    t_cache = _timeit(lambda: [cached[i] for i in range(n)], 2)
+    return {"images": n, "photo": "2000x1000 JPEG", "size": 512, "jpeg_samples_per_s": n / t_jpeg,
+            "cache_samples_per_s": n / t_cache, "ratio": t_jpeg / t_cache, "target_ratio": 3.0}  # fmt: skip
+
+
+def bench_infer(root: Path, quick: bool) -> dict:
+    from src.config import TrainConfig
+    from src.inference import predict_images
+    from src.models.biomass import BiomassModel
+
+    data = _synth(root, 8, 448, 224)
+    photos = sorted((data / "train").glob("*.jpg"))[: 4 if quick else 8]
+    cfg = TrainConfig(backbone_size="small", backbone_weights="none", image_size=224, use_depth=False)
+    model = BiomassModel(cfg).eval()
+    models = [(0, cfg, model)]
+    out = {}
+    for tta in (False, True):
+        predict_images(models, photos[:2], tta=tta, device="cpu")  # warm-up
+        t = _timeit(lambda tta=tta: predict_images(models, photos, tta=tta, device="cpu"))
+        out["tta" if tta else "no_tta"] = len(photos) / t
+    return {"model": "ViT-S/16 random, 224 px per half, CPU", "images_per_s_no_tta": out["no_tta"],
+            "images_per_s_tta": out["tta"], "tta_cost": out["no_tta"] / out["tta"]}  # fmt: skip
+
+
+def bench_demo(root: Path, quick: bool) -> dict:
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True, text=True,
+                           check=True).stdout.split()  # fmt: skip
+    repo = root / "repo"
+    for f in files:
+        if f.startswith(("data/", "results/")) or not (REPO / f).is_file():
+            continue
+        (repo / f).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / f, repo / f)
+    env = {**os.environ, "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ["PATH"]}
+    config = "config/test.yaml" if quick else "config/demo.yaml"
+    t = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "snakemake", "--configfile", config], cwd=repo, env=env, check=True,
+                   capture_output=True)  # fmt: skip
+    return {"config": config, "pipeline_wall_s": time.perf_counter() - t, "target_s": 300, "cores": os.cpu_count()}
+
+
+BENCHES = {"data": bench_data, "infer": bench_infer, "demo": bench_demo}
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--only", nargs="+", choices=list(BENCHES), default=list(BENCHES))
+    ap.add_argument("--quick", action="store_true", help="smaller inputs (a smoke run, not numbers to quote)")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(os.cpu_count() or 1)
+    OUT.mkdir(parents=True, exist_ok=True)
+    rows = {}
+    for name in args.only:
+        with tempfile.TemporaryDirectory() as tmp:
+            print(f"running {name} ...", flush=True)
+            result = {**BENCHES[name](Path(tmp), args.quick), "quick": args.quick, "torch_threads": torch.get_num_threads()}
+        (OUT / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
+        rows[name] = result
+    print("\n| benchmark | result |\n|---|---|")
+    for name, r in rows.items():
+        shown = ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in r.items())
+        print(f"| {name} | {shown} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,108 @@
+"""Frozen-feature cache for Stage 1: the frozen backbone's tokens computed once per fold.
+
+While the backbone is frozen its outputs never change, so running it every epoch is waste.
+Instead, each training image's halves are passed once under a fixed set of views (the first
+``--feature-cache-views`` of the eight flips/rotations of the square halves), and Stage 1 trains
+the heads on those tokens, drawing one view per image per epoch (seeded, so DDP and resume replay
+it). Validation uses the unaugmented view, so its metrics equal the uncached path's. Trade-off:
+Stage 1 then sees geometric views only (no colour jitter, CLAHE or blur); Stage 2 returns to the
+live backbone and the full augmentation.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from src.training.engine import autocast
+
+# The dihedral group of the square: rotate k x 90 degrees, then optionally mirror.
+VIEWS = [(k, flip) for flip in (False, True) for k in range(4)]
+
+
+def apply_view(x: torch.Tensor, view: int) -> torch.Tensor:
+    """Same geometric view of images (..., S, S) and of depth feature grids (..., G, G): 16-px
+    patches map onto patches under these transforms, so the pooled depth features stay exact."""
+    k, flip = VIEWS[view]
+    x = torch.rot90(x, k, dims=(-2, -1))
+    return x.flip(-1) if flip else x
+
+
+class FeatureCache:
+    """Tokens (views, images, 2 halves, ...) of one dataset, on the CPU."""
+
+    def __init__(self, model, dataset, views: int, device: torch.device, batch_size: int, desc: str):
+        n = len(dataset)
+        self.views = views
+        self.targets = {}
+        self.cls = self.patches = self.depth = None
+        loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
+        with torch.no_grad(), tqdm(total=n * views, desc=desc, unit="view", leave=False) as bar:
+            for batch in loader:
+                idx = batch["index"]
+                for v in range(views):
+                    x = apply_view(batch["image"], v).to(device)
+                    with autocast(device):
+                        cls, patches = model.tokens(x)
+                    cls, patches = cls.view(len(idx), 2, -1).cpu(), patches.reshape(len(idx), 2, *patches.shape[1:]).cpu()
+                    if self.cls is None:
+                        self.cls = torch.zeros(views, n, *cls.shape[1:], dtype=cls.dtype)
+                        self.patches = torch.zeros(views, n, *patches.shape[1:], dtype=patches.dtype)
+                        if "depth" in batch:
+                            self.depth = torch.zeros(views, n, *batch["depth"].shape[1:])
+                    self.cls[v, idx], self.patches[v, idx] = cls, patches
+                    if self.depth is not None:
+                        self.depth[v, idx] = apply_view(batch["depth"], v)
+                    bar.update(len(idx))
+                for k, t in batch.items():
+                    if k not in ("image", "depth", "aos_view", "index"):
+                        self.targets.setdefault(k, torch.zeros((n, *t.shape[1:]), dtype=t.dtype))[idx] = t
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.cls, self.patches, self.depth) if t is not None)
+
+    def batch(self, idx: np.ndarray, views: np.ndarray) -> dict[str, torch.Tensor]:
+        idx_t, views_t = torch.as_tensor(idx), torch.as_tensor(views)
+        out = {"cls": self.cls[views_t, idx_t], "patches": self.patches[views_t, idx_t], "index": idx_t}
+        if self.depth is not None:
+            out["depth"] = self.depth[views_t, idx_t]
+        out.update({k: t[idx_t] for k, t in self.targets.items()})
+        return out
+
+
+class CachedBatches:
+    """Stands in for the training DataLoader in a cached stage: same sampler, same batches."""
+
+    def __init__(self, cache: FeatureCache, sampler, batch_size: int, seed: int):
+        self.cache, self.sampler, self.batch_size, self.seed = cache, sampler, batch_size, seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.sampler) // self.batch_size
+
+    def __iter__(self):
+        order = np.fromiter(iter(self.sampler), dtype=np.int64)
+        # One view per image and epoch, drawn from (seed, epoch, image): identical on every rank.
+        views = np.random.default_rng([self.seed, self.epoch]).integers(0, self.cache.views, size=len(self.cache.cls[0]))
+        for start in range(0, len(self) * self.batch_size, self.batch_size):
+            idx = order[start:start + self.batch_size]
+            yield self.cache.batch(idx, views[idx])
+
+
+class CachedValidation:
+    """The validation set's unaugmented tokens, batched like the validation DataLoader."""
+
+    def __init__(self, cache: FeatureCache, batch_size: int):
+        self.cache, self.batch_size = cache, batch_size
+
+    def __iter__(self):
+        n = self.cache.cls.shape[1]
+        for start in range(0, n, self.batch_size):
+            idx = np.arange(start, min(start + self.batch_size, n))
+            yield self.cache.batch(idx, np.zeros(len(idx), dtype=np.int64))

@@ -1,0 +1,65 @@
+"""The frozen-feature cache: same validation numbers as the live backbone, far fewer backbone
+passes, exact geometric views of the depth features."""
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from src.config import TrainConfig
+from src.data.dataset import BiomassDataset
+from src.data.fold_stats import aux_targets, fold_statistics, vocabularies
+from src.data.schema import load_train
+from src.data.transforms import HalfTransform, depth_patch_features
+from src.losses import build_criterion
+from src.models.biomass import BiomassModel
+from src.training import run as run_module
+from src.training.engine import evaluate
+from src.training.feature_cache import VIEWS, CachedValidation, FeatureCache, apply_view
+
+
+def test_views_are_the_eight_symmetries_and_exact_on_depth_grids():
+    x = torch.arange(16.0).view(4, 4)
+    seen = {tuple(apply_view(x, v).flatten().tolist()) for v in range(len(VIEWS))}
+    assert len(VIEWS) == 8 and len(seen) == 8 and apply_view(x, 0).equal(x)
+    depth = np.random.default_rng(0).random((64, 64)).astype(np.float32)
+    for v in range(8):
+        moved = apply_view(torch.from_numpy(depth), v).numpy().copy()
+        np.testing.assert_allclose(depth_patch_features(moved), apply_view(torch.from_numpy(depth_patch_features(depth)), v).numpy(),
+                                   rtol=1e-5, atol=1e-6)  # fmt: skip
+
+
+def test_cached_validation_equals_the_live_backbone(demo_data):
+    images = load_train(demo_data)
+    extras = vocabularies(images)
+    stats = fold_statistics(images, extras)
+    cfg = TrainConfig(backbone_size="tiny", backbone_weights="none", image_size=32, use_depth=False, use_height_head=True)
+    torch.manual_seed(0)
+    model = BiomassModel(cfg, stats, extras)
+    model.freeze_backbone(True)
+    ds = BiomassDataset(images, demo_data, HalfTransform(size=32, train=False), aux=aux_targets(images, stats, extras))
+    crit = build_criterion(cfg, stats)
+    live, live_loss = evaluate(model, DataLoader(ds, batch_size=8), crit, torch.device("cpu"))
+    cache = FeatureCache(model, ds, 1, torch.device("cpu"), 8, "test")
+    cached, cached_loss = evaluate(model, CachedValidation(cache, 8), crit, torch.device("cpu"))
+    np.testing.assert_allclose(cached["pred"], live["pred"], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(cached["height_cm"], live["height_cm"], rtol=1e-5, atol=1e-5)
+    assert cached_loss == pytest.approx(live_loss, rel=1e-5)
+
+
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_stage1_runs_the_backbone_once_per_view_not_per_epoch(demo_data, tmp_path, monkeypatch, use_cache):
+    calls = []
+    original = BiomassModel.tokens
+    monkeypatch.setattr(BiomassModel, "tokens", lambda self, x: calls.append(len(x)) or original(self, x))
+    cfg = TrainConfig(data_dir=str(demo_data), fold_csv=str(demo_data / "trainfold_group_location.csv"),
+                      output_dir=str(tmp_path), backbone_size="tiny", backbone_weights="none", image_size=32,
+                      use_depth=False, folds=[0], freeze_epochs=6, stage1_patience=10, stage2_epochs=0, batch_size=8,
+                      num_workers=0, device="cpu", feature_cache=use_cache, feature_cache_views=2)  # fmt: skip
+    run_module.run(cfg)
+    images = len(load_train(demo_data))
+    seen = sum(calls)  # images through the backbone
+    if use_cache:
+        assert seen <= 2 * images  # training images x 2 views + validation images, once
+    else:
+        assert seen >= 5 * images  # 6 epochs of training + validation images
