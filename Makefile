@@ -8,7 +8,7 @@ export DVC_NO_ANALYTICS := 1
 export PATH := $(CURDIR)/.venv/bin:$(PATH)
 DEMO_DIR := data/demo
 
-.PHONY: demo test test-slow lint clean-demo
+.PHONY: demo test test-slow lint bench clean-demo
 
 .venv/.installed: requirements.txt
 	@test -x $(PY) || python3 -m venv .venv
@@ -38,3 +38,7 @@ lint: .venv/.installed
 
 clean-demo:
 	rm -rf $(DEMO_DIR) $(DEMO_RESULTS)
+
+# Speed benchmarks (not tests): JSON in benchmarks/results/ and a table.
+bench: .venv/.installed
+	python -m benchmarks.run

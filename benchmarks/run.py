@@ -47,7 +47,9 @@ def _synth(root: Path, n: int, width: int = 2000, height: int = 1000) -> Path:
 
     data = root / "data"
     generate(data, n_train=n, n_test=max(2, n // 8), seed=0, width=width, height=height)
-    make_folds(load_train(data), 5).to_csv(data / "trainfold_group_location.csv", index=False)
+    images = load_train(data)
+    make_folds(images, min(3, images["State"].str.cat(images["Sampling_Date"]).nunique())).to_csv(
+        data / "trainfold_group_location.csv", index=False)
     return data
 
 
@@ -70,12 +72,79 @@ def bench_data(root: Path, quick: bool) -> dict:
             "cache_samples_per_s": n / t_cache, "ratio": t_jpeg / t_cache, "target_ratio": 3.0}  # fmt: skip
 
 
+def bench_stage1(root: Path, quick: bool) -> dict:
+    from src.config import TrainConfig
+    from src.training.run import run
+
+    data = _synth(root, 16 if quick else 40, 448, 224)
+    out = {}
+    for name, cache, views in (("live", False, 4), ("cache_4_views", True, 4), ("cache_2_views", True, 2)):
+        cfg = TrainConfig(data_dir=str(data), fold_csv=str(data / "trainfold_group_location.csv"),
+                          output_dir=str(root / name), backbone_size="small", backbone_weights="none", image_size=224,
+                          use_depth=False, folds=[0], freeze_epochs=10, stage1_patience=100, stage2_epochs=0,
+                          batch_size=8, num_workers=0, device="cpu", feature_cache=cache, feature_cache_views=views,
+                          n_folds=3)
+        out[name] = _timeit(lambda cfg=cfg: run(cfg))
+    return {"model": "ViT-S/16 random, 224 px per half, CPU, 10 Stage 1 epochs", "images": len(list((data / "train").iterdir())),
+            "live_s": out["live"], "cache_4_views_s": out["cache_4_views"], "cache_2_views_s": out["cache_2_views"],
+            "ratio_4_views": out["live"] / out["cache_4_views"], "ratio_2_views": out["live"] / out["cache_2_views"],
+            "target_ratio": 5.0}  # fmt: skip
+
+
+def _gpu_steps(size: str, px: int, quick: bool, peak: float) -> dict:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from src.config import TrainConfig
+    from src.losses import build_criterion
+    from src.models.biomass import BiomassModel
+    from src.training.optim import build_optimizer
+
+    dev = torch.device("cuda")
+    stats = {"std": torch.ones(5), "log_std": torch.ones(5), "max": torch.ones(5), "aux": torch.tensor([0.0, 1, 0, 1])}
+    cfg = TrainConfig(backbone_size=size, backbone_weights="none", image_size=px, use_depth=False,
+                      gradient_checkpointing=size == "large" and px == 1024)
+    model = BiomassModel(cfg, stats).to(dev)
+    opt, crit = build_optimizer(model, cfg, True), build_criterion(cfg, stats).to(dev)
+    batch = {"image": torch.randint(0, 256, (4, 2, 3, px, px), device=dev, dtype=torch.uint8), "targets": torch.rand(4, 5, device=dev),
+             "index": torch.arange(4)}  # fmt: skip
+
+    def step():
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            out = model(batch)
+        loss, _ = crit({k: v.float() for k, v in out.items()}, batch)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    with FlopCounterMode(display=False) as counter:
+        step()
+    for _ in range(2):
+        step()
+    torch.cuda.synchronize()
+    n = 3 if quick else 10
+    t = time.perf_counter()
+    for _ in range(n):
+        step()
+    torch.cuda.synchronize()
+    dt = (time.perf_counter() - t) / n
+    return {"images_per_s": 4 / dt, "mfu": counter.get_total_flops() / dt / (peak * 1e12)}
+
+
+def bench_gpu(root: Path, quick: bool) -> dict:
+    """Stage 2 train steps of real-size backbones (random weights) in bf16, and FLOP utilisation."""
+    if not torch.cuda.is_available():
+        return {"skipped": "no CUDA device"}
+    peak = float(os.environ.get("GPU_BF16_PEAK_TFLOPS", "989"))  # H100 SXM dense bf16; H200 is the same
+    rows = {f"vit_{size}_{px}": _gpu_steps(size, px, quick, peak) for size in ("base", "large") for px in (512, 1024)}
+    return {"device": torch.cuda.get_device_name(), "peak_bf16_tflops": peak, "batch": 4, **rows}
+
+
 def bench_infer(root: Path, quick: bool) -> dict:
     from src.config import TrainConfig
     from src.inference import predict_images
     from src.models.biomass import BiomassModel
 
-    data = _synth(root, 8, 448, 224)
+    data = _synth(root, 16, 448, 224)
     photos = sorted((data / "train").glob("*.jpg"))[: 4 if quick else 8]
     cfg = TrainConfig(backbone_size="small", backbone_weights="none", image_size=224, use_depth=False)
     model = BiomassModel(cfg).eval()
@@ -106,7 +175,7 @@ def bench_demo(root: Path, quick: bool) -> dict:
     return {"config": config, "pipeline_wall_s": time.perf_counter() - t, "target_s": 300, "cores": os.cpu_count()}
 
 
-BENCHES = {"data": bench_data, "infer": bench_infer, "demo": bench_demo}
+BENCHES = {"data": bench_data, "stage1": bench_stage1, "gpu": bench_gpu, "infer": bench_infer, "demo": bench_demo}
 
 
 def main(argv=None) -> None:

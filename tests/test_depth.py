@@ -93,7 +93,7 @@ def test_geometric_augmentation_moves_depth_with_the_pixels():
     for seed in range(24):
         out = tf(rgb, seed, depth)
         image, feats = out["image"], out["depth"]
-        brightness = image[0].mean(0).numpy()  # left half, normalised
+        brightness = image[0].float().mean(0).numpy()  # left half
         pixel_grid = depth_patch_features(brightness)[0]
         assert _corr(pixel_grid, feats[0, 0].numpy()) > 0.8, seed
         unaugmented = depth_patch_features(cv2.resize(half, (64, 64), interpolation=cv2.INTER_AREA))[0]
@@ -119,7 +119,7 @@ def test_depth_modules_join_and_leave_the_graph():
     assert "depth_features" not in keys(off) and "depth_attention" not in keys(off)
     assert "depth_features" in keys(feats_only) and "depth_attention" not in keys(feats_only)
     assert {"depth_features", "depth_attention"} <= keys(full)
-    x = torch.randn(3, 2, 3, 32, 32)
+    x = torch.rand(3, 2, 3, 32, 32) * 255
     d = torch.randn(3, 2, 2, 2, 2)
     with pytest.raises(ValueError, match="depth"):
         full({"image": x})

@@ -51,7 +51,7 @@ def fold(demo_data):
     extras = vocabularies(train)
     stats = fold_statistics(train, extras)
     g = torch.Generator().manual_seed(0)
-    batch = {"image": torch.randn(6, 2, 3, 32, 32, generator=g),
+    batch = {"image": torch.rand(6, 2, 3, 32, 32, generator=g) * 255,
              "targets": torch.tensor(train[list(TARGETS)].to_numpy()[:6], dtype=torch.float32)}  # fmt: skip
     batch["aos_view"] = batch["image"] * 0.8 + 0.1
     batch.update({k: torch.tensor(v[:6]) for k, v in aux_targets(train, stats, extras).items()})

@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 
 from src.config import TrainConfig
+from src.data.transforms import MEAN, STD
 from src.models.aux_heads import build_aux_heads
 from src.models.backbone import create_backbone
 from src.models.depth import DepthAttention, DepthFeatures
@@ -88,6 +89,8 @@ class BiomassModel(nn.Module):
         self.register_buffer("aux_stats", stats.get("aux", torch.tensor([0.0, 1.0, 0.0, 1.0])).float().clone())
         if cfg.use_species_prior:
             self.register_buffer("species_prior", stats.get("species_prior", torch.zeros(n_species, len(TARGETS))).float().clone())
+        self.register_buffer("pixel_mean", torch.tensor(MEAN).view(3, 1, 1) * 255, persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(STD).view(3, 1, 1) * 255, persistent=False)
         self.backbone_frozen = False
 
     # --- backbone --------------------------------------------------------------------------------
@@ -96,9 +99,13 @@ class BiomassModel(nn.Module):
         for p in self.backbone.parameters():
             p.requires_grad_(not frozen)
 
+    def normalise(self, x: torch.Tensor) -> torch.Tensor:
+        """uint8 (or 0..255 float) RGB -> the backbone's normalised input, on the model's device."""
+        return (x.float() - self.pixel_mean) / self.pixel_std
+
     def tokens(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, 2, 3, S, S) -> CLS (B*2, D) and patch tokens (B*2, N, D)."""
-        flat = x.flatten(0, 1)
+        """(B, 2, 3, S, S) RGB 0..255 -> CLS (B*2, D) and patch tokens (B*2, N, D)."""
+        flat = self.normalise(x.flatten(0, 1))
         if self.backbone_frozen:
             with torch.no_grad():  # Stage 1: no activations kept for a backbone that does not learn
                 t = self.backbone.forward_features(flat)
