@@ -48,6 +48,7 @@ class TrainConfig:
     backbone_weights: str = opt("hub", "hub (timm .lvd1689m weights), none (random init) or a local weights file", "model")
     image_size: int = opt(512, "pixels per side of each square half fed to the backbone (multiple of 16)", "model")
     gradient_checkpointing: bool = opt(False, "recompute backbone activations in backward (saves memory)", "model")
+    compile: bool = opt(False, "torch.compile the backbone (worth it on CUDA; the first steps are slow)", "model")
     feature_cache: bool = opt(True, "while the backbone is frozen, compute its tokens once per view and train the heads "
                               "on them (not with --use-aos-hallucination)", "training")
     feature_cache_views: int = opt(4, "views per image in the feature cache: the first N of the 8 flips/rotations",

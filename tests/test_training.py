@@ -157,3 +157,37 @@ def test_resume_with_changed_settings_starts_over(demo_data, tmp_path):
     again = _train(demo_data, out, *common, "--resume", "--lr", "0.001")
     assert "settings changed since the saved run (lr): starting over" in again.stdout
     assert len(pd.read_csv(out / "fold0/history.csv")) == 2
+
+
+def test_compile_flag_compiles_the_backbone_and_keeps_checkpoint_keys(monkeypatch):
+    compiled = []
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: compiled.append(fn) or fn)
+    cfg = TrainConfig(backbone_size="tiny", backbone_weights="none", image_size=32, use_depth=False)
+    plain = BiomassModel(cfg)
+    fast = BiomassModel(TrainConfig(**{**cfg.to_dict(), "compile": True}))
+    assert len(compiled) == 1 and set(plain.state_dict()) == set(fast.state_dict())
+
+
+def test_persistent_workers_see_each_epochs_augmentation(demo_data):
+    from torch.utils.data import DataLoader, SequentialSampler
+
+    from src.data.dataset import BiomassDataset, EpochIndices
+    from src.data.schema import load_train
+    from src.data.transforms import HalfTransform
+
+    images = load_train(demo_data).iloc[:4]
+    ds = BiomassDataset(images, demo_data, HalfTransform(size=32, train=True), seed=1)
+
+    class Seq(SequentialSampler):
+        def set_epoch(self, epoch):
+            pass
+
+    sampler = EpochIndices(Seq(ds), len(ds))
+    loader = DataLoader(ds, batch_size=4, sampler=sampler, num_workers=1, persistent_workers=True)
+    per_epoch = []
+    for epoch in range(3):
+        sampler.set_epoch(epoch)
+        per_epoch.append(next(iter(loader))["image"])
+    assert not torch.equal(per_epoch[0], per_epoch[1]) and not torch.equal(per_epoch[1], per_epoch[2])
+    sampler.set_epoch(1)
+    assert torch.equal(next(iter(loader))["image"], per_epoch[1])  # and replays exactly

@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Sampler
 
 from src.data.transforms import HalfTransform
 from src.targets import TARGETS
@@ -37,19 +37,18 @@ class BiomassDataset(Dataset):
         self.data_dir = Path(data_dir)
         self.transform = transform
         self.seed = seed
-        self.epoch = 0
         self.has_targets = all(t in self.images.columns for t in TARGETS)
         self.targets = self.images[list(TARGETS)].to_numpy(np.float32) if self.has_targets else None
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
 
     def __len__(self) -> int:
         return len(self.images)
 
-    def __getitem__(self, i: int) -> dict:
+    def __getitem__(self, key: int) -> dict:
+        """``key`` = epoch * len(self) + row (see ``EpochIndices``): the epoch travels with the index,
+        so persistent DataLoader workers, which keep their own copy of the dataset, still know it."""
+        epoch, i = divmod(int(key), len(self))
         # Deterministic per (seed, epoch, image) so DDP and resume see the same augmentations.
-        aug_seed = (self.seed * 1_000_003 + self.epoch * 10_007 + i) % (2**31 - 1)
+        aug_seed = (self.seed * 1_000_003 + epoch * 10_007 + i) % (2**31 - 1)
         depth = None if self.depth is None else self.depth[i]
         if self.halves is not None:
             cache, rows = self.halves
@@ -62,3 +61,20 @@ class BiomassDataset(Dataset):
         if self.has_targets:
             item["targets"] = torch.tensor(self.targets[i])
         return item
+
+
+class EpochIndices(Sampler):
+    """Wraps a (Distributed)Sampler: yields epoch * n + row, and set_epoch reaches both."""
+
+    def __init__(self, sampler, n: int):
+        self.sampler, self.n, self.epoch = sampler, n, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        self.sampler.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def __iter__(self):
+        return (self.epoch * self.n + i for i in self.sampler)

@@ -73,6 +73,9 @@ class BiomassModel(nn.Module):
         self.backbone = create_backbone(
             cfg.backbone_size, cfg.backbone_weights if weights is None else weights, cfg.image_size, cfg.gradient_checkpointing
         )
+        if cfg.compile:
+            # Compile the bound method, not the module: state_dict keys (checkpoints) stay unchanged.
+            self.backbone.forward_features = torch.compile(self.backbone.forward_features)
         dim = self.backbone.num_features
         self.num_prefix = self.backbone.num_prefix_tokens
         self.direct = direct_heads(cfg)

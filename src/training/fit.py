@@ -18,7 +18,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader, DistributedSampler
 
 from src.config import TrainConfig
-from src.data.dataset import BiomassDataset
+from src.data.dataset import BiomassDataset, EpochIndices
 from src.data.fold_stats import aux_targets, fold_statistics, vocabularies
 from src.data.transforms import HalfTransform
 from src.errors import UserError
@@ -137,9 +137,10 @@ def train_fold(cfg: TrainConfig, info: DistInfo, images: pd.DataFrame, folds: pd
     sampler = DistributedSampler(train_ds, num_replicas=info.world_size, rank=info.rank, shuffle=True,
                                  seed=cfg.seed + fold, drop_last=True)
     pin = info.device.type == "cuda"
-    train_loader = DataLoader(train_ds, batch_size=per_rank_batch, sampler=sampler, num_workers=cfg.num_workers,
+    workers = {"num_workers": cfg.num_workers, "persistent_workers": cfg.num_workers > 0}
+    train_loader = DataLoader(train_ds, batch_size=per_rank_batch, sampler=EpochIndices(sampler, len(train_ds)), **workers,
                               drop_last=True, pin_memory=pin)
-    val_loader = DataLoader(val_ds, batch_size=per_rank_batch, shuffle=False, num_workers=cfg.num_workers, pin_memory=pin)
+    val_loader = DataLoader(val_ds, batch_size=per_rank_batch, shuffle=False, **workers, pin_memory=pin)
     steps = len(train_loader) // cfg.grad_accum
     if steps == 0:
         raise UserError(
@@ -194,8 +195,7 @@ def train_fold(cfg: TrainConfig, info: DistInfo, images: pd.DataFrame, folds: pd
             scheduler.step_update(state.updates)
         resume_opt = None
         while state.stage == si:
-            sampler.set_epoch(state.epoch)
-            train_ds.set_epoch(state.epoch)
+            train_loader.sampler.set_epoch(state.epoch)
             if isinstance(batches, CachedBatches):
                 batches.set_epoch(state.epoch)
             train_loss, state.updates = train_one_epoch(
