@@ -97,7 +97,8 @@ def image_cache(model):
     if not config["train"].get("image_cache", True):
         return []
     cfg = TRAINER[model]
-    return [f"{RESULTS}/cache/images/{cfg.image_size}{'_pad' if cfg.use_pad_to_square else ''}/train.npy"]
+    stem = f"{RESULTS}/cache/images/{cfg.image_size}{'_pad' if cfg.use_pad_to_square else ''}/train"
+    return [f"{stem}.npy", f"{stem}.json"]  # both: temp files vanish once no job needs them
 
 
 def fold_done(model, fold):
