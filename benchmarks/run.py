@@ -78,7 +78,8 @@ def bench_stage1(root: Path, quick: bool) -> dict:
 
     data = _synth(root, 16 if quick else 40, 448, 224)
     out = {}
-    for name, cache, views in (("live", False, 4), ("cache_4_views", True, 4), ("cache_2_views", True, 2)):
+    for name, cache, views in (("live", False, 4), ("cache_4_views", True, 4), ("cache_2_views", True, 2),
+                               ("cache_1_view", True, 1)):
         cfg = TrainConfig(data_dir=str(data), fold_csv=str(data / "trainfold_group_location.csv"),
                           output_dir=str(root / name), backbone_size="small", backbone_weights="none", image_size=224,
                           use_depth=False, folds=[0], freeze_epochs=10, stage1_patience=100, stage2_epochs=0,
@@ -87,7 +88,8 @@ def bench_stage1(root: Path, quick: bool) -> dict:
         out[name] = _timeit(lambda cfg=cfg: run(cfg))
     return {"model": "ViT-S/16 random, 224 px per half, CPU, 10 Stage 1 epochs", "images": len(list((data / "train").iterdir())),
             "live_s": out["live"], "cache_4_views_s": out["cache_4_views"], "cache_2_views_s": out["cache_2_views"],
-            "ratio_4_views": out["live"] / out["cache_4_views"], "ratio_2_views": out["live"] / out["cache_2_views"],
+            "cache_1_view_s": out["cache_1_view"], "ratio_4_views": out["live"] / out["cache_4_views"],
+            "ratio_2_views": out["live"] / out["cache_2_views"], "ratio_1_view": out["live"] / out["cache_1_view"],
             "target_ratio": 5.0}  # fmt: skip
 
 
