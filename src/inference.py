@@ -20,7 +20,6 @@ import numpy as np
 import pandas as pd
 import torch
 import yaml
-from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
@@ -100,12 +99,10 @@ def check_photos(paths: Sequence[str | Path]) -> list[Path]:
         raise UserError("--images: give at least one photo")
     out = []
     for p in map(Path, paths):
-        if not p.is_file():
+        problem = schema.image_problem(p)
+        if problem == "missing":
             raise UserError(f"photo {p}: file not found; check the path")
-        try:
-            with Image.open(p) as im:
-                im.verify()
-        except (UnidentifiedImageError, OSError, SyntaxError):
+        if problem:
             raise UserError(f"photo {p}: not a readable image; give a JPEG or PNG photo of the quadrat")
         out.append(p.resolve())
     return out

@@ -64,6 +64,18 @@ def _numeric(df: pd.DataFrame, col: str, path: Path, allow_negative: bool = Fals
     return values
 
 
+def image_problem(path: Path) -> str | None:
+    """'missing', 'unreadable', or None for a file PIL can open (header check only, fast)."""
+    if not path.is_file():
+        return "missing"
+    try:
+        with Image.open(path) as im:
+            im.verify()
+    except (UnidentifiedImageError, OSError, SyntaxError):
+        return "unreadable"
+    return None
+
+
 def _check_image_paths(df: pd.DataFrame, data_dir: Path, path: Path, check_images: bool) -> None:
     """Paths must stay inside ``data_dir``; with ``check_images`` each distinct file must open."""
     root = data_dir.resolve()
@@ -80,12 +92,10 @@ def _check_image_paths(df: pd.DataFrame, data_dir: Path, path: Path, check_image
             raise UserError(f"{path}: row {_line(i)}: image_path {rel!r} escapes {data_dir} (through a link); move the image inside it")
         if not check_images:
             continue
-        if not full.is_file():
+        problem = image_problem(full)
+        if problem == "missing":
             raise UserError(f"{path}: row {_line(i)}: image {data_dir / rel} not found; add the file or drop its rows")
-        try:
-            with Image.open(full) as im:
-                im.verify()
-        except (UnidentifiedImageError, OSError, SyntaxError):
+        if problem:
             raise UserError(f"{path}: row {_line(i)}: image {data_dir / rel} is not a readable image; replace or drop it")
 
 

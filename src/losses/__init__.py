@@ -7,22 +7,14 @@ active term, which is what the per-epoch log and ``history.csv`` show.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 import torch.nn as nn
 
 from src.config import TrainConfig
+from src.registry import Registry
 
-REGISTRY: dict[str, Callable] = {}
-
-
-def register(name: str):
-    def deco(builder):
-        REGISTRY[name] = builder
-        return builder
-
-    return deco
+REGISTRY = Registry()
+register = REGISTRY.register
 
 
 class LossTerm(nn.Module):
@@ -47,5 +39,4 @@ class Criterion(nn.Module):
 def build_criterion(cfg: TrainConfig, stats: dict[str, torch.Tensor]) -> Criterion:
     from src.losses import auxiliary, composition, regression  # noqa: F401  (register their builders)
 
-    terms = [term for builder in REGISTRY.values() if (term := builder(cfg, stats)) is not None]
-    return Criterion(terms)
+    return Criterion(list(REGISTRY.build_all(cfg, stats).values()))

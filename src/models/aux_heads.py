@@ -7,21 +7,13 @@ presence) exist for training images only; at test time the heads still predict t
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch.nn as nn
 
 from src.config import TrainConfig
+from src.registry import Registry
 
-REGISTRY: dict[str, Callable] = {}
-
-
-def register(name: str):
-    def deco(builder):
-        REGISTRY[name] = builder
-        return builder
-
-    return deco
+REGISTRY = Registry()
+register = REGISTRY.register
 
 
 def mlp(dim: int, n_out: int) -> nn.Module:
@@ -60,4 +52,4 @@ def _logvar(cfg, dim, extras):
 
 
 def build_aux_heads(cfg: TrainConfig, dim: int, extras: dict) -> nn.ModuleDict:
-    return nn.ModuleDict({name: head for name, build in REGISTRY.items() if (head := build(cfg, dim, extras)) is not None})
+    return nn.ModuleDict(REGISTRY.build_all(cfg, dim, extras))
