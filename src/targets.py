@@ -31,10 +31,6 @@ G_PER_QUADRAT_TO_KG_PER_HA = 10.0 / 0.21
 RELATION_TOLERANCE_G = 0.01
 
 
-def weight_vector() -> list[float]:
-    return [WEIGHTS[t] for t in TARGETS]
-
-
 def direct_targets(train_dead: bool = False, train_clover: bool = True) -> tuple[str, ...]:
     """The three targets a model predicts directly; the other two are derived.
 
@@ -95,8 +91,3 @@ def reconcile(five):
     a = torch.tensor(COMPOSITION, dtype=five.dtype, device=five.device)  # (5, 3)
     components = (five @ a @ torch.linalg.inv(a.T @ a)).clamp(min=0)
     return components @ a.T
-
-
-def relation_errors(green, dead, clover, gdm, total):
-    """Absolute violations of GDM = G + C and Total = G + D + C."""
-    return abs(gdm - (green + clover)), abs(total - (green + dead + clover))
