@@ -91,22 +91,62 @@ def test_resume_after_kill_matches_uninterrupted(demo_data, tmp_path):
     out = tmp_path / "killed"
     cmd = [sys.executable, "-m", "src.dinov3_train", *_args(demo_data, out, *common)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    hist = out / "fold2" / "history.csv"
+    hist, state = out / "fold2" / "history.csv", out / "fold2" / "last_state.pt"
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
         if hist.exists() and len(pd.read_csv(hist)) >= 2:
-            proc.send_signal(signal.SIGKILL)
+            proc.send_signal(signal.SIGKILL)  # lands anywhere, also between the epoch's file writes
             break
         time.sleep(0.05)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
-    done_before = len(pd.read_csv(hist))
-    assert done_before < 7
+    done_before = torch.load(state, weights_only=True)["fold_state"]["epoch"]  # the commit point, not history.csv
+    assert 1 <= done_before < 7
     resumed = _train(demo_data, out, *common, "--resume")
     assert f"resuming after epoch {done_before}" in resumed.stdout
-    _assert_same_weights(tmp_path / "full/fold2/last.safetensors", out / "fold2/last.safetensors", 1e-5)
-    _assert_same_weights(tmp_path / "full/fold2/best.safetensors", out / "fold2/best.safetensors", 1e-5)
-    assert len(pd.read_csv(hist)) == len(pd.read_csv(tmp_path / "full/fold2/history.csv"))
+    _assert_resumed_like(tmp_path / "full/fold2", out / "fold2")
+
+
+def _assert_resumed_like(full, resumed):
+    _assert_same_weights(full / "last.safetensors", resumed / "last.safetensors", 1e-5)
+    _assert_same_weights(full / "best.safetensors", resumed / "best.safetensors", 1e-5)
+    h_full, h_resumed = pd.read_csv(full / "history.csv"), pd.read_csv(resumed / "history.csv")
+    assert len(h_full) == len(h_resumed)
+    np.testing.assert_allclose(h_full["weighted_r2"], h_resumed["weighted_r2"], rtol=1e-5)
+
+
+def test_kill_between_weights_and_state_writes_still_resumes(demo_data, tmp_path, monkeypatch):
+    """The worst moment for a kill: last.safetensors already holds epoch 3, last_state.pt still epoch 2."""
+    from src.config import parse_config
+    from src.training import checkpoint, run
+
+    common = ("--folds", "0", "--freeze-epochs", "2", "--stage1-patience", "5", "--stage2-epochs", "2",
+              "--batch-size", "8")  # fmt: skip
+    _train(demo_data, tmp_path / "full", *common)
+    real_save_state, calls = checkpoint.save_state, []
+
+    def killed_on_third(path, state):
+        calls.append(path)
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # stands in for SIGKILL after the weights of epoch 3 were written
+        real_save_state(path, state)
+
+    monkeypatch.setattr(checkpoint, "save_state", killed_on_third)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in the subprocess runs, so the float sums agree
+    out = tmp_path / "killed"
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run.run(parse_config(_args(demo_data, out, *common)))
+    finally:
+        torch.set_num_threads(threads)
+    monkeypatch.setattr(checkpoint, "save_state", real_save_state)
+    fold = out / "fold0"
+    assert checkpoint.weights_metadata(fold / "last.safetensors")["epoch"] == "3"
+    assert torch.load(fold / "last_state.pt", weights_only=True)["fold_state"]["epoch"] == 2
+    resumed = _train(demo_data, out, *common, "--resume")
+    assert "resuming after epoch 2" in resumed.stdout
+    _assert_resumed_like(tmp_path / "full/fold0", fold)
 
 
 def test_layer_decay_gives_backbone_blocks_different_lrs():

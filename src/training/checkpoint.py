@@ -1,7 +1,8 @@
 """Checkpoint I/O: safetensors weights + the resolved config.yaml, and a resume state file.
 
-Weights never go through pickle. The resume state (optimiser, scheduler, RNG, counters) is a
-plain dict of tensors and numbers loaded with ``weights_only=True``. Every write is atomic.
+Weights never go through pickle. The resume state (weights, optimiser, scheduler, counters) is
+one plain dict of tensors and numbers loaded with ``weights_only=True``: one file, so one atomic
+commit per epoch; ``last.safetensors`` beside it is the same weights for people and tools. Every write is atomic.
 """
 
 from __future__ import annotations
@@ -22,12 +23,15 @@ def save_weights(model: torch.nn.Module, path: Path, cfg: TrainConfig | None = N
                  metadata: dict | None = None) -> None:
     """Weights; with ``cfg`` also the resolved config.yaml and ``extras.json`` (the vocabularies
     that size the heads) beside them, which is all ``load_model`` needs."""
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     with atomic_path(path) as tmp:
-        save_file(state, str(tmp), metadata=metadata)
+        save_file(cpu_state(model), str(tmp), metadata=metadata)
     if cfg is not None:
         save_yaml(cfg, Path(path).parent / "config.yaml")
         write_json(Path(path).parent / "extras.json", extras or {"species": [], "states": []})
+
+
+def cpu_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
 
 
 def load_weights(model: torch.nn.Module, path: Path) -> None:

@@ -150,15 +150,19 @@ def train_fold(cfg: TrainConfig, info: DistInfo, images: pd.DataFrame, folds: pd
 
     state, resume_opt = FoldState(), None
     last_w, last_s = fold_dir / "last.safetensors", fold_dir / "last_state.pt"
-    saved = ckpt.load_state(last_s) if cfg.resume and last_s.exists() and last_w.exists() else None
+    saved = ckpt.load_state(last_s) if cfg.resume and last_s.exists() else None
     changed = _changed_settings(saved.get("config", {}), cfg) if saved else []
     if saved and changed:
         if info.is_main:
             print(f"fold {fold}: settings changed since the saved run ({', '.join(changed)}): starting over", flush=True)
     elif saved:
-        if ckpt.weights_metadata(last_w).get("epoch") != str(saved["fold_state"]["epoch"]):
-            raise UserError(f"{fold_dir}: last.safetensors and last_state.pt are from different epochs; delete both to restart the fold")
-        ckpt.load_weights(model, last_w)
+        if "model" in saved:  # last_state.pt is the one commit point: a kill between two files cannot split it
+            model.load_state_dict(saved["model"], strict=True)
+        elif last_w.exists() and ckpt.weights_metadata(last_w).get("epoch") == str(saved["fold_state"]["epoch"]):
+            ckpt.load_weights(model, last_w)  # a finished fold keeps no weights in its small state file
+        else:
+            raise UserError(f"{fold_dir}: last_state.pt holds no weights and last.safetensors is missing or from another "
+                            "epoch; delete last_state.pt to restart the fold")
         state = FoldState(**saved["fold_state"])
         resume_opt = saved
         if info.is_main:
@@ -174,10 +178,8 @@ def train_fold(cfg: TrainConfig, info: DistInfo, images: pd.DataFrame, folds: pd
         if stage.epochs <= 0:
             state.stage = si + 1
             continue
-        if si > 0 and state.stage_epoch == 0 and (fold_dir / "best.safetensors").exists():
-            ckpt.load_weights(model, fold_dir / "best.safetensors")  # Stage 2 starts from Stage 1's best
-            if stage.name == "stage2":
-                state.stage2_start = state.epoch
+        if stage.name == "stage2" and state.stage_epoch == 0:
+            state.stage2_start = state.epoch
         model.freeze_backbone(not stage.train_backbone)
         batches, val_batches = train_loader, val_loader
         if not stage.train_backbone and cfg.feature_cache and not cfg.use_aos_hallucination:
@@ -230,10 +232,16 @@ def train_fold(cfg: TrainConfig, info: DistInfo, images: pd.DataFrame, folds: pd
             if stop_stage or state.stage_epoch >= stage.epochs:
                 state.stage, state.stage_epoch, state.updates = si + 1, 0, 0
                 state.stage_best, state.bad_epochs = float("-inf"), 0
+                if any(s.epochs > 0 for s in stages[si + 1:]) and (fold_dir / "best.safetensors").exists():
+                    # The next stage starts from this one's best. Load it now so the commit below holds it:
+                    # a resume must not read best.safetensors later, when the next epoch may have replaced it.
+                    barrier(info)  # rank 0 may have just written it
+                    ckpt.load_weights(model, fold_dir / "best.safetensors")
             if info.is_main:
                 write_csv(fold_dir / "history.csv", pd.DataFrame(state.history))
                 ckpt.save_weights(model, last_w, metadata={"epoch": str(state.epoch)})
-                ckpt.save_state(last_s, {"fold_state": state.__dict__, "optimizer": optimizer.state_dict(),
+                ckpt.save_state(last_s, {"fold_state": state.__dict__, "model": ckpt.cpu_state(model),
+                                         "optimizer": optimizer.state_dict(),
                                          "scheduler": scheduler.state_dict(), "config": cfg.to_dict()})
             barrier(info)
             if stop_stage:
