@@ -14,6 +14,7 @@ from src.data.transforms import HalfTransform, depth_patch_features
 from src.losses import build_criterion
 from src.models.biomass import BiomassModel
 from src.training import run as run_module
+from src.training.distributed import DistInfo
 from src.training.engine import evaluate
 from src.training.feature_cache import VIEWS, CachedValidation, FeatureCache, apply_view
 
@@ -40,7 +41,7 @@ def test_cached_validation_equals_the_live_backbone(demo_data):
     ds = BiomassDataset(images, demo_data, HalfTransform(size=32, train=False), aux=aux_targets(images, stats, extras))
     crit = build_criterion(cfg, stats)
     live, live_loss = evaluate(model, DataLoader(ds, batch_size=8), crit, torch.device("cpu"))
-    cache = FeatureCache(model, ds, 1, torch.device("cpu"), 8, "test")
+    cache = FeatureCache(model, ds, 1, DistInfo(), 8, "test")
     cached, cached_loss = evaluate(model, CachedValidation(cache, 8), crit, torch.device("cpu"))
     np.testing.assert_allclose(cached["pred"], live["pred"], rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(cached["height_cm"], live["height_cm"], rtol=1e-5, atol=1e-5)

@@ -205,7 +205,9 @@ def test_guide_command_runs_to_the_end(demo_data, depth_dirs, tmp_path, phase):
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "src.dinov3_train"]
     else:
         cmd = [sys.executable, "-m", "src.dinov3_train"]
-    proc = subprocess.run([*cmd, *args], capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    # A timeout turns a DDP deadlock (a collective one rank skipped) into a failure instead of a hung CI.
+    proc = subprocess.run([*cmd, *args], capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                          timeout=300)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     hist = pd.read_csv(tmp_path / "out/fold0/history.csv")
     losses = hist.filter(regex="^(train|val)_")

@@ -32,7 +32,7 @@ def _train(data, out, *extra, torchrun: int = 0, check=True):
     else:
         cmd = [sys.executable, "-m", "src.dinov3_train", *_args(data, out, *extra)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)  # a DDP deadlock fails, not hangs
     if check:
         assert proc.returncode == 0, proc.stderr[-3000:]
     return proc

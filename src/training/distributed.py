@@ -92,3 +92,17 @@ def all_equal_check(info: DistInfo, value: float) -> None:
     dist.all_reduce(hi, op=dist.ReduceOp.MAX)
     if abs(float(hi - lo)) > 1e-6:
         raise RuntimeError(f"DDP ranks disagree on validation score ({float(lo)} vs {float(hi)})")
+
+
+def sum_across_ranks(t: torch.Tensor, info: DistInfo, chunk_mib: int = 256) -> None:
+    """In-place sum of a contiguous CPU tensor over all ranks. It goes through the device in chunks
+    because nccl only reduces CUDA tensors; bool travels as uint8, which every backend sums."""
+    if not info.distributed:
+        return
+    flat = t.view(-1)
+    step = max(1, (chunk_mib << 20) // t.element_size())
+    for start in range(0, flat.numel(), step):
+        part = flat[start:start + step]
+        buf = part.to(info.device, dtype=torch.uint8 if t.dtype == torch.bool else t.dtype, copy=True)
+        dist.all_reduce(buf)
+        part.copy_(buf)

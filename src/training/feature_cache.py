@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
+from src.training.distributed import DistInfo, sum_across_ranks
 from src.training.engine import autocast
 
 # The dihedral group of the square: rotate k x 90 degrees, then optionally mirror.
@@ -31,15 +32,23 @@ def apply_view(x: torch.Tensor, view: int) -> torch.Tensor:
 
 
 class FeatureCache:
-    """Tokens (views, images, 2 halves, ...) of one dataset, on the CPU."""
+    """Tokens (views, images, 2 halves, ...) of one dataset, on the CPU of every rank.
 
-    def __init__(self, model, dataset, views: int, device: torch.device, batch_size: int, desc: str):
-        n = len(dataset)
+    Under DDP each rank runs the backbone on every ``world_size``-th image only; the rows are then
+    summed across ranks (each row is non-zero on exactly one rank, so the sum is an exact gather).
+    """
+
+    def __init__(self, model, dataset, views: int, info: DistInfo, batch_size: int, desc: str):
+        n, device = len(dataset), info.device
+        if n < info.world_size:
+            raise ValueError(f"{desc}: {n} images cannot be shared by {info.world_size} ranks")
         self.views = views
         self.targets = {}
         self.cls = self.patches = self.depth = None
-        loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
-        with torch.no_grad(), tqdm(total=n * views, desc=desc, unit="view", leave=False) as bar:
+        share = Subset(dataset, range(info.rank, n, info.world_size))  # items keep their dataset row in "index"
+        loader = DataLoader(share, batch_size=batch_size, shuffle=False, num_workers=0)
+        with torch.no_grad(), tqdm(total=len(share) * views, desc=desc, unit="view", leave=False,
+                                   disable=not info.is_main) as bar:  # fmt: skip
             for batch in loader:
                 idx = batch["index"]
                 for v in range(views):
@@ -59,6 +68,9 @@ class FeatureCache:
                 for k, t in batch.items():
                     if k not in ("image", "depth", "aos_view", "index"):
                         self.targets.setdefault(k, torch.zeros((n, *t.shape[1:]), dtype=t.dtype))[idx] = t
+        for t in (self.cls, self.patches, self.depth, *self.targets.values()):
+            if t is not None:
+                sum_across_ranks(t, info)
 
     @property
     def nbytes(self) -> int:

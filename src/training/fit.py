@@ -70,15 +70,15 @@ class FoldState:
 
 def _build_feature_caches(model, cfg, info, train, val, tf, depth, is_val, halves, stats, extras, batch_size):
     """Tokens of the frozen backbone: every training image under the configured views, and the
-    unaugmented validation images. Each rank computes all of them (identical, no communication)."""
+    unaugmented validation images. Under DDP each rank computes its share and all ranks end with all."""
     def dataset(images, mask):
         return BiomassDataset(images, cfg.data_dir, HalfTransform(train=False, **tf),
                               depth=None if depth is None else depth[mask], aux=aux_targets(images, stats, extras),
                               halves=_rows(halves, mask))  # fmt: skip
 
-    train_cache = FeatureCache(model, dataset(train, ~is_val), cfg.feature_cache_views, info.device, batch_size,
+    train_cache = FeatureCache(model, dataset(train, ~is_val), cfg.feature_cache_views, info, batch_size,
                                "feature cache (train)")  # fmt: skip
-    val_cache = FeatureCache(model, dataset(val, is_val), 1, info.device, batch_size, "feature cache (val)")
+    val_cache = FeatureCache(model, dataset(val, is_val), 1, info, batch_size, "feature cache (val)")
     if info.is_main:
         mib = (train_cache.nbytes + val_cache.nbytes) / 2**20
         print(f"feature cache: {len(train)} images x {cfg.feature_cache_views} views + {len(val)} val, {mib:.0f} MiB",
@@ -232,11 +232,12 @@ def train_fold(cfg: TrainConfig, info: DistInfo, images: pd.DataFrame, folds: pd
             if stop_stage or state.stage_epoch >= stage.epochs:
                 state.stage, state.stage_epoch, state.updates = si + 1, 0, 0
                 state.stage_best, state.bad_epochs = float("-inf"), 0
-                if any(s.epochs > 0 for s in stages[si + 1:]) and (fold_dir / "best.safetensors").exists():
+                if any(s.epochs > 0 for s in stages[si + 1:]):  # same answer on every rank: safe to barrier
                     # The next stage starts from this one's best. Load it now so the commit below holds it:
                     # a resume must not read best.safetensors later, when the next epoch may have replaced it.
                     barrier(info)  # rank 0 may have just written it
-                    ckpt.load_weights(model, fold_dir / "best.safetensors")
+                    if (fold_dir / "best.safetensors").exists():
+                        ckpt.load_weights(model, fold_dir / "best.safetensors")
             if info.is_main:
                 write_csv(fold_dir / "history.csv", pd.DataFrame(state.history))
                 ckpt.save_weights(model, last_w, metadata={"epoch": str(state.epoch)})
