@@ -8,7 +8,9 @@
 (b) stage1: wall time of 10 Stage 1 epochs (frozen ViT-S, random weights, CPU) with and without
     the frozen-feature cache.
 (c) gpu: train-step images/s and model FLOP utilisation (bf16) for ViT-B/L at 512 and 1024 px
-    per half; only where CUDA is available.
+    per half on an on-device batch, then the same steps fed by the real input pipeline (image
+    cache, strong augmentation, pinned workers): gpu_busy = step time / fed step time. Only where
+    CUDA is available.
 (d) infer: inference images/s with and without flip TTA (ViT-S random weights).
 (e) demo: wall time of the `make demo` pipeline (snakemake on config/demo.yaml, fresh results).
 """
@@ -93,7 +95,33 @@ def bench_stage1(root: Path, quick: bool) -> dict:
             "target_ratio": 5.0}  # fmt: skip
 
 
-def _gpu_steps(size: str, px: int, quick: bool, peak: float) -> dict:
+def _fed_batches(data: Path, cache_root: Path, px: int, batch: int, workers: int):
+    """The training input pipeline as the trainer builds it: image cache, strong augmentation,
+    persistent pinned DataLoader workers; endless."""
+    from torch.utils.data import DataLoader
+
+    from src.data.dataset import BiomassDataset, EpochIndices
+    from src.data.image_cache import build, cache_path, load
+    from src.data.schema import load_train
+    from src.data.transforms import HalfTransform
+
+    images = load_train(data)
+    path = cache_path(cache_root, px, "train")
+    if not path.exists():
+        build(data, "train", px, path)
+    halves = load(path, images["image_id"].tolist(), px, False, "")
+    ds = BiomassDataset(images, data, HalfTransform(size=px, train=True, strong_aug=True), halves=halves)
+    sampler = torch.utils.data.DistributedSampler(ds, num_replicas=1, rank=0, shuffle=True, seed=0, drop_last=True)
+    loader = DataLoader(ds, batch_size=batch, sampler=EpochIndices(sampler, len(ds)), num_workers=workers,
+                        persistent_workers=workers > 0, pin_memory=True, drop_last=True)  # fmt: skip
+    epoch = 0
+    while True:
+        loader.sampler.set_epoch(epoch)
+        yield from loader
+        epoch += 1
+
+
+def _gpu_steps(size: str, px: int, quick: bool, peak: float, data: Path, cache_root: Path) -> dict:
     from torch.utils.flop_counter import FlopCounterMode
 
     from src.config import TrainConfig
@@ -129,7 +157,22 @@ def _gpu_steps(size: str, px: int, quick: bool, peak: float) -> dict:
         step()
     torch.cuda.synchronize()
     dt = (time.perf_counter() - t) / n
-    return {"images_per_s": 4 / dt, "mfu": counter.get_total_flops() / dt / (peak * 1e12)}
+    # The same steps fed by the real input pipeline: the GPU is busy for n*dt of the wall time.
+    workers = min(8, os.cpu_count() or 1)
+    fed = _fed_batches(data, cache_root, px, 4, workers)
+    for _ in range(2):  # worker start-up is not steady state
+        next(fed)
+    torch.cuda.synchronize()
+    t = time.perf_counter()
+    for _ in range(n):
+        b = next(fed)
+        batch = {"image": b["image"].to(dev, non_blocking=True), "targets": b["targets"].to(dev, non_blocking=True),
+                 "index": b["index"]}  # fmt: skip
+        step()
+    torch.cuda.synchronize()
+    fed_dt = (time.perf_counter() - t) / n
+    return {"images_per_s": 4 / dt, "mfu": counter.get_total_flops() / dt / (peak * 1e12),
+            "fed_images_per_s": 4 / fed_dt, "gpu_busy": min(1.0, dt / fed_dt), "loader_workers": workers}  # fmt: skip
 
 
 def bench_gpu(root: Path, quick: bool) -> dict:
@@ -137,7 +180,9 @@ def bench_gpu(root: Path, quick: bool) -> dict:
     if not torch.cuda.is_available():
         return {"skipped": "no CUDA device"}
     peak = float(os.environ.get("GPU_BF16_PEAK_TFLOPS", "989"))  # H100 SXM dense bf16; H200 is the same
-    rows = {f"vit_{size}_{px}": _gpu_steps(size, px, quick, peak) for size in ("base", "large") for px in (512, 1024)}
+    data = _synth(root, 16 if quick else 48)
+    rows = {f"vit_{size}_{px}": _gpu_steps(size, px, quick, peak, data, root / "cache")
+            for size in ("base", "large") for px in (512, 1024)}  # fmt: skip
     return {"device": torch.cuda.get_device_name(), "peak_bf16_tflops": peak, "batch": 4, **rows}
 
 
