@@ -28,10 +28,10 @@ demo: .venv/.installed
 	@echo "report: $(DEMO_RESULTS)/report.html (plots in $(DEMO_RESULTS)/report/)"
 
 test: .venv/.installed
-	python -m pytest -q -m "not slow"
+	python -m pytest -q -m "not slow" -n auto --maxprocesses 4
 
 test-slow: .venv/.installed
-	python -m pytest -q -m slow
+	python -m pytest -q -m slow -n auto --maxprocesses 4
 
 lint: .venv/.installed
 	python -m ruff check src tests

@@ -14,6 +14,11 @@ from pathlib import Path  # noqa: E402
 import pytest  # noqa: E402
 
 
+def pytest_collection_modifyitems(items):
+    # pytest-xdist hands tests out in collection order: a long test collected last would run alone.
+    items.sort(key=lambda item: item.get_closest_marker("long") is None)
+
+
 @pytest.fixture(scope="session")
 def demo_data(tmp_path_factory) -> Path:
     """60 train / 10 test images at 256x128 with a 5-fold CSV; shared, treat as read-only."""

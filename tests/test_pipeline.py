@@ -95,6 +95,7 @@ def _git(*args, cwd):
     return _run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd)
 
 
+@pytest.mark.long
 def test_pipeline_runs_and_round_trips_through_dvc(repo, tmp_path):
     # The user's data: the demo generator stands in for the Kaggle download.
     _run([sys.executable, "-m", "src.synth", "--out", "data/raw", "--n-train", "36", "--n-test", "6", "--width", "256",
