@@ -64,3 +64,21 @@ def test_stage1_runs_the_backbone_once_per_view_not_per_epoch(demo_data, tmp_pat
         assert seen <= 2 * images  # training images x 2 views + validation images, once
     else:
         assert seen >= 5 * images  # 6 epochs of training + validation images
+
+
+def test_a_cache_too_big_for_ram_is_refused_with_the_fix(demo_data, monkeypatch):
+    from src.errors import UserError
+    from src.training import feature_cache
+
+    images = load_train(demo_data)
+    cfg = TrainConfig(backbone_size="tiny", backbone_weights="none", image_size=32, use_depth=False)
+    model = BiomassModel(cfg)
+    ds = BiomassDataset(images, demo_data, HalfTransform(size=32, train=False))
+    # tiny tokens: 2 halves x (1 cls + 4 patches) x 32 dims x 4 bytes = 1280 bytes per image and view
+    need = len(images) * 3 * 1280
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    monkeypatch.setattr(feature_cache, "available_memory", lambda: int(need * 2 / 0.8) + 1)
+    assert FeatureCache(model, ds, 3, DistInfo(), 8, "fits").views == 3
+    monkeypatch.setattr(feature_cache, "available_memory", lambda: int(need * 2 / 0.8) - 1)
+    with pytest.raises(UserError, match=r"too big: needs .* x 2 rank\(s\).*fewer --feature-cache-views"):
+        FeatureCache(model, ds, 3, DistInfo(), 8, "too big")

@@ -11,11 +11,15 @@ live backbone and the full augmentation.
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
+from src.errors import UserError
 from src.training.distributed import DistInfo, sum_across_ranks
 from src.training.engine import autocast
 
@@ -29,6 +33,31 @@ def apply_view(x: torch.Tensor, view: int) -> torch.Tensor:
     k, flip = VIEWS[view]
     x = torch.rot90(x, k, dims=(-2, -1))
     return x.flip(-1) if flip else x
+
+
+def available_memory() -> int | None:
+    """Bytes the OS can still hand out (MemAvailable, which counts reclaimable page cache)."""
+    meminfo = Path("/proc/meminfo")
+    if meminfo.exists():
+        for line in meminfo.read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_fits(nbytes: int, desc: str) -> None:
+    """Refuse a cache that cannot fit before filling it: an OOM kill mid-fold explains nothing.
+    Every rank on this machine holds a full copy."""
+    free, ranks = available_memory(), int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    if free is not None and nbytes * ranks > 0.8 * free:
+        raise UserError(
+            f"{desc}: needs {nbytes / 2**30:.1f} GiB of RAM x {ranks} rank(s) on this machine but "
+            f"{free / 2**30:.1f} GiB is available; use fewer --feature-cache-views, a smaller --image-size, "
+            "or --no-feature-cache"
+        )
 
 
 class FeatureCache:
@@ -57,6 +86,8 @@ class FeatureCache:
                         cls, patches = model.tokens(x)
                     cls, patches = cls.view(len(idx), 2, -1).cpu(), patches.reshape(len(idx), 2, *patches.shape[1:]).cpu()
                     if self.cls is None:
+                        per_image = cls[0].numel() * cls.element_size() + patches[0].numel() * patches.element_size()
+                        check_fits(per_image * views * n, desc)
                         self.cls = torch.zeros(views, n, *cls.shape[1:], dtype=cls.dtype)
                         self.patches = torch.zeros(views, n, *patches.shape[1:], dtype=patches.dtype)
                         if "depth" in batch:
