@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -206,14 +205,9 @@ def bench_infer(root: Path, quick: bool) -> dict:
 
 
 def bench_demo(root: Path, quick: bool) -> dict:
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True, text=True,
-                           check=True).stdout.split()  # fmt: skip
-    repo = root / "repo"
-    for f in files:
-        if f.startswith(("data/", "results/")) or not (REPO / f).is_file():
-            continue
-        (repo / f).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(REPO / f, repo / f)
+    from src.project_copy import copy_project
+
+    repo = copy_project(root / "repo")
     env = {**os.environ, "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ["PATH"]}
     config = "config/test.yaml" if quick else "config/demo.yaml"
     t = time.perf_counter()

@@ -2,7 +2,6 @@
 versioned by DVC (repro -> push -> pull into a fresh clone -> nothing left to do)."""
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +9,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+
+from src.project_copy import copy_project
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = str(Path(sys.executable).parent)
@@ -34,15 +35,7 @@ def _snake(*args, cwd, check=True):
 @pytest.fixture
 def repo(tmp_path):
     """The project's files (what git would ship), without data or results."""
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True,
-                           text=True, check=True).stdout.split()  # fmt: skip
-    dst = tmp_path / "repo"
-    for f in files:
-        if f.startswith(("data/", "results/")) or not (REPO / f).is_file():
-            continue
-        (dst / f).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(REPO / f, dst / f)
-    return dst
+    return copy_project(tmp_path / "repo")
 
 
 def test_lint_passes(repo):
