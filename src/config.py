@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from src.errors import UserError
+from src.errors import Parser, UserError
 
 BACKBONE_SIZES = ("tiny", "small", "base", "large", "huge")
 DEPTH_SIZES = ("small", "base")
@@ -139,7 +139,7 @@ def flag(name: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="python -m src.dinov3_train",
         description="Train DINOv3 biomass regressors with k-fold CV (also under torchrun).",
     )

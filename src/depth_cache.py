@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 
 from src.data.depth import build_cache, cache_path
-from src.errors import cli_main
+from src.errors import Parser, cli_main
 from src.models.depth_anything import BACKENDS, HUB_IDS, make_tiny, model_id
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m src.depth_cache", description=__doc__)
+    p = Parser(prog="python -m src.depth_cache", description=__doc__)
     p.add_argument("--data-dir", default="data", help="Kaggle-layout folder (default: data)")
     p.add_argument("--split", choices=("train", "test"), default="train")
     p.add_argument("--model-size", choices=tuple(HUB_IDS), default="small", help="default: small")

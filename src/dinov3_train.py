@@ -10,12 +10,16 @@ from __future__ import annotations
 
 from src.config import parse_config
 from src.errors import cli_main
-from src.training.run import run
 
 
 @cli_main
 def main(argv=None) -> None:
-    run(parse_config(argv))
+    cfg = parse_config(argv)
+    # Imported after parsing: torch, timm and transformers take seconds to load, and --help or a
+    # bad flag should answer at once.
+    from src.training.run import run
+
+    run(cfg)
 
 
 if __name__ == "__main__":

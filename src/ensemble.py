@@ -12,14 +12,13 @@ the data folder has ``test_solution.csv``, as the demo does).
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from scipy.optimize import nnls
 
-from src.errors import UserError, cli_main
+from src.errors import Parser, UserError, cli_main
 from src.inference import submission
 from src.io_utils import write_csv, write_json, write_parquet
 from src.metrics import weighted_r2
@@ -101,7 +100,7 @@ def blend(results: str | Path, models: list[str], data_dir: str | Path) -> dict:
 
 @cli_main
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m src.ensemble", description=__doc__.split("\n\n")[0])
+    ap = Parser(prog="python -m src.ensemble", description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
     m = sub.add_parser("merge-oof", help="fold*/oof.parquet -> oof.parquet + oof_metrics.json")
     m.add_argument("--model-dir", required=True)

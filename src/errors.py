@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import functools
 import sys
 
@@ -24,3 +25,10 @@ def cli_main(func):
             sys.exit(EXIT_USER_ERROR)
 
     return wrapper
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a bad flag gets one line (not the whole usage, which for the trainer is 80 lines)."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {message} (see {self.prog} --help)\n")

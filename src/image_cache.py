@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import argparse
-
 from src.data.image_cache import build, cache_path
-from src.errors import cli_main
+from src.errors import Parser, cli_main
 
 
 @cli_main
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(prog="python -m src.image_cache", description=__doc__)
+    p = Parser(prog="python -m src.image_cache", description=__doc__)
     p.add_argument("--data-dir", default="data", help="Kaggle-layout folder (default: data)")
     p.add_argument("--split", choices=("train", "test"), default="train")
     p.add_argument("--size", type=int, default=512, help="pixels per side of each half (the trainer's --image-size)")

@@ -6,12 +6,12 @@ import argparse
 
 from src.data.folds import STRATEGIES, make_folds, summarize
 from src.data.schema import load_train
-from src.errors import cli_main
+from src.errors import Parser, cli_main
 from src.io_utils import write_csv
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m src.make_folds", description=__doc__)
+    p = Parser(prog="python -m src.make_folds", description=__doc__)
     p.add_argument("--data-dir", default="data", help="folder holding train.csv and train/ (default: data)")
     p.add_argument("--out", default=None, help="fold CSV to write (default: DATA_DIR/trainfold_<strategy>.csv)")
     p.add_argument("--n-folds", type=int, default=5, help="number of folds (default: 5)")

@@ -16,14 +16,14 @@ from pathlib import Path
 
 import pandas as pd
 
-from src.errors import UserError, cli_main
+from src.errors import Parser, UserError, cli_main
 from src.inference import check_photos, load_fold_models, predict_photos, predict_split, submission
 from src.io_utils import write_csv, write_parquet
 from src.training.distributed import pick_device
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m src.predict", description=__doc__.split("\n\n")[0])
+    p = Parser(prog="python -m src.predict", description=__doc__.split("\n\n")[0])
     p.add_argument(
         "--model-dir", required=True, help="training --output-dir holding fold<k>/best.safetensors + config.yaml"
     )

@@ -11,7 +11,6 @@ parquet files (the source of truth), so they always match the plots.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import re
@@ -20,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from src.errors import UserError, cli_main
+from src.errors import Parser, UserError, cli_main
 from src.io_utils import atomic_path, write_csv, write_text
 from src.metrics import per_group_r2, r2, summary, weighted_r2
 from src.oof import PRED, TRUE
@@ -388,7 +387,7 @@ def make_report(results: str | Path, models: list[str], out_dir: str | Path) -> 
 
 @cli_main
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m src.report", description=__doc__.split("\n\n")[0])
+    ap = Parser(prog="python -m src.report", description=__doc__.split("\n\n")[0])
     ap.add_argument("--results-dir", required=True, help="the pipeline's results folder (holds models/ and ensemble/)")
     ap.add_argument("--models", nargs="+", required=True, help="model names under <results>/models/")
     ap.add_argument("--out-dir", help="where to write (default <results>/report)")

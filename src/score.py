@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import argparse
-
 import numpy as np
 import pandas as pd
 
 from src.data.schema import read_csv
-from src.errors import UserError, cli_main
+from src.errors import Parser, UserError, cli_main
 from src.metrics import summary
 from src.targets import TARGETS
 
@@ -41,7 +39,7 @@ def score(submission_path, solution_path) -> dict[str, float]:
 
 @cli_main
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m src.score", description=__doc__)
+    ap = Parser(prog="python -m src.score", description=__doc__)
     ap.add_argument("--submission", required=True, help="sample_id,target CSV")
     ap.add_argument("--solution", required=True, help="sample_id,target CSV with the true values")
     args = ap.parse_args(argv)

@@ -13,7 +13,6 @@ changes as nuisances.
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 from pathlib import Path
 
@@ -22,6 +21,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from src.errors import Parser
 from src.io_utils import write_csv
 from src.targets import KAGGLE_ORDER
 
@@ -360,7 +360,7 @@ def generate(out: Path, n_train: int, n_test: int, seed: int = 0, width: int = 1
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = Parser(prog="python -m src.synth", description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, required=True, help="output folder (created if missing)")
     p.add_argument("--n-train", type=int, default=120, help="number of training images")
     p.add_argument("--n-test", type=int, default=30, help="number of test images")

@@ -77,4 +77,5 @@ def test_cli_errors_are_one_line_exit_2(demo_data, tmp_path):
     assert proc.returncode == 2 and "nope.csv: file not found" in proc.stderr and "make_folds" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
     proc = _cli("--backbone-size", "gigantic")
-    assert proc.returncode == 2 and "invalid choice" in proc.stderr
+    assert proc.returncode == 2 and "invalid choice" in proc.stderr and "--help" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1  # not argparse's 80-line usage
