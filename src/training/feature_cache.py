@@ -70,7 +70,8 @@ class FeatureCache:
     def __init__(self, model, dataset, views: int, info: DistInfo, batch_size: int, desc: str):
         n, device = len(dataset), info.device
         if n < info.world_size:
-            raise ValueError(f"{desc}: {n} images cannot be shared by {info.world_size} ranks")
+            raise UserError(f"{desc}: {n} images cannot be shared by {info.world_size} ranks; use fewer ranks "
+                            "or --no-feature-cache")
         self.views = views
         self.targets = {}
         self.cls = self.patches = self.depth = None
