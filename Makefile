@@ -34,7 +34,7 @@ test-slow: .venv/.installed
 	python -m pytest -q -m slow -n auto --maxprocesses 4
 
 lint: .venv/.installed
-	python -m ruff check src tests
+	python -m ruff check src tests benchmarks
 
 clean-demo:
 	rm -rf $(DEMO_DIR) $(DEMO_RESULTS)

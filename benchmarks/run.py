@@ -112,7 +112,7 @@ def _fed_batches(data: Path, cache_root: Path, px: int, batch: int, workers: int
     ds = BiomassDataset(images, data, HalfTransform(size=px, train=True, strong_aug=True), halves=halves)
     sampler = torch.utils.data.DistributedSampler(ds, num_replicas=1, rank=0, shuffle=True, seed=0, drop_last=True)
     loader = DataLoader(ds, batch_size=batch, sampler=EpochIndices(sampler, len(ds)), num_workers=workers,
-                        persistent_workers=workers > 0, pin_memory=True, drop_last=True)  # fmt: skip
+                        persistent_workers=workers > 0, pin_memory=torch.cuda.is_available(), drop_last=True)  # fmt: skip
     epoch = 0
     while True:
         loader.sampler.set_epoch(epoch)
@@ -120,15 +120,22 @@ def _fed_batches(data: Path, cache_root: Path, px: int, batch: int, workers: int
         epoch += 1
 
 
-def _gpu_steps(size: str, px: int, quick: bool, peak: float, data: Path, cache_root: Path) -> dict:
+def _gpu_steps(size: str, px: int, quick: bool, peak: float, data: Path, cache_root: Path,
+               dev: torch.device = torch.device("cuda")) -> dict:  # fmt: skip
+    """One bf16 Stage 2 train step, timed on an on-device batch and fed by the input pipeline.
+    ``dev`` is CUDA in the benchmark; tests run the same code on the CPU with a tiny model."""
     from torch.utils.flop_counter import FlopCounterMode
 
     from src.config import TrainConfig
     from src.losses import build_criterion
     from src.models.biomass import BiomassModel
+    from src.training.engine import autocast
     from src.training.optim import build_optimizer
 
-    dev = torch.device("cuda")
+    def sync():
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+
     stats = {"std": torch.ones(5), "log_std": torch.ones(5), "max": torch.ones(5), "aux": torch.tensor([0.0, 1, 0, 1])}
     cfg = TrainConfig(backbone_size=size, backbone_weights="none", image_size=px, use_depth=False,
                       gradient_checkpointing=size == "large" and px == 1024)
@@ -138,7 +145,7 @@ def _gpu_steps(size: str, px: int, quick: bool, peak: float, data: Path, cache_r
              "index": torch.arange(4)}  # fmt: skip
 
     def step():
-        with torch.autocast("cuda", dtype=torch.bfloat16):
+        with autocast(dev):
             out = model(batch)
         loss, _ = crit({k: v.float() for k, v in out.items()}, batch)
         loss.backward()
@@ -149,26 +156,26 @@ def _gpu_steps(size: str, px: int, quick: bool, peak: float, data: Path, cache_r
         step()
     for _ in range(2):
         step()
-    torch.cuda.synchronize()
+    sync()
     n = 3 if quick else 10
     t = time.perf_counter()
     for _ in range(n):
         step()
-    torch.cuda.synchronize()
+    sync()
     dt = (time.perf_counter() - t) / n
     # The same steps fed by the real input pipeline: the GPU is busy for n*dt of the wall time.
     workers = min(8, os.cpu_count() or 1)
     fed = _fed_batches(data, cache_root, px, 4, workers)
     for _ in range(2):  # worker start-up is not steady state
         next(fed)
-    torch.cuda.synchronize()
+    sync()
     t = time.perf_counter()
     for _ in range(n):
         b = next(fed)
         batch = {"image": b["image"].to(dev, non_blocking=True), "targets": b["targets"].to(dev, non_blocking=True),
                  "index": b["index"]}  # fmt: skip
         step()
-    torch.cuda.synchronize()
+    sync()
     fed_dt = (time.perf_counter() - t) / n
     return {"images_per_s": 4 / dt, "mfu": counter.get_total_flops() / dt / (peak * 1e12),
             "fed_images_per_s": 4 / fed_dt, "gpu_busy": min(1.0, dt / fed_dt), "loader_workers": workers}  # fmt: skip
