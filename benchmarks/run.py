@@ -13,6 +13,8 @@
     CUDA is available.
 (d) infer: inference images/s with and without flip TTA (ViT-S random weights).
 (e) demo: wall time of the `make demo` pipeline (snakemake on config/demo.yaml, fresh results).
+(f) quality: OOF weighted R^2 of the trainer against a linear probe and a minimal fine-tuning
+    loop at equal settings (``benchmarks/quality.py``, also runnable alone).
 """
 
 from __future__ import annotations
@@ -136,7 +138,8 @@ def _gpu_steps(size: str, px: int, quick: bool, peak: float, data: Path, cache_r
         if dev.type == "cuda":
             torch.cuda.synchronize()
 
-    stats = {"std": torch.ones(5), "log_std": torch.ones(5), "max": torch.ones(5), "aux": torch.tensor([0.0, 1, 0, 1])}
+    stats = {"mean": torch.ones(5), "log_mean": torch.ones(5), "std": torch.ones(5), "log_std": torch.ones(5),
+             "max": torch.ones(5), "aux": torch.tensor([0.0, 1, 0, 1])}
     cfg = TrainConfig(backbone_size=size, backbone_weights="none", image_size=px, use_depth=False,
                       gradient_checkpointing=size == "large" and px == 1024)
     model = BiomassModel(cfg, stats).to(dev)
@@ -223,7 +226,15 @@ def bench_demo(root: Path, quick: bool) -> dict:
     return {"config": config, "pipeline_wall_s": time.perf_counter() - t, "target_s": 300, "cores": os.cpu_count()}
 
 
-BENCHES = {"data": bench_data, "stage1": bench_stage1, "gpu": bench_gpu, "infer": bench_infer, "demo": bench_demo}
+def bench_quality(root: Path, quick: bool) -> dict:
+    """(f) OOF weighted R^2 of the trainer against a linear probe and a minimal fine-tuning loop."""
+    from benchmarks import quality
+
+    return quality.main(["--seeds", "1", "--epochs", "8", "--data", "demo"] if quick else [])["verdict"]
+
+
+BENCHES = {"data": bench_data, "stage1": bench_stage1, "gpu": bench_gpu, "infer": bench_infer, "demo": bench_demo,
+           "quality": bench_quality}
 
 
 def main(argv=None) -> None:

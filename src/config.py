@@ -53,13 +53,15 @@ class TrainConfig:
                               "on them (not with --use-aos-hallucination)", "training")
     feature_cache_views: int = opt(4, "views per image in the feature cache: the first N of the 8 flips/rotations",
                                    "training")
-    train_dead: bool = opt(False, "predict Dead directly (else Dead = Total - GDM)", "heads")
-    train_clover: bool = opt(True, "predict Clover directly (else Clover = GDM - Green)", "heads")
+    train_dead: bool = opt(False, "predict Dead directly, Total = GDM + Dead (else Total directly, Dead = Total - GDM; "
+                           "the loss sees it unclipped, so it trains the Total head)", "heads")
+    train_clover: bool = opt(True, "predict Clover directly (else GDM directly, Clover = GDM - Green)", "heads")
 
     # --- loss ----------------------------------------------------------------------------------
     smoothl1: bool = opt(True, "SmoothL1 on standardised targets (--no-smoothl1: MSE)", "loss")
     use_huber: bool = opt(False, "Huber loss for Dead (outlier robust)", "loss")
-    huber_delta: float = opt(5.0, "Huber delta in grams", "loss")
+    huber_delta: float = opt(5.0, "Huber delta in grams (the loss itself is in standardised grams, like SmoothL1)",
+                             "loss")
     use_planthydra_loss: bool = opt(False, "log transform + cosine similarity + compositional", "loss")
     use_log_transform: bool = opt(False, "regress log(1+grams), the official metric's space", "loss")
     use_cosine_sim: bool = opt(False, "cosine similarity loss between predicted and true 5-vectors", "loss")
@@ -80,7 +82,8 @@ class TrainConfig:
     species_prior_strength: float = opt(0.2, "blend strength of the species prior", "aux")
     use_aos_hallucination: bool = opt(False, "lighting-invariant AOS NDVI predicted from RGB (needs --use-ndvi-head)", "aux")
     aos_weight: float = opt(0.3, "weight of the AOS loss", "aux")
-    use_presence_heads: bool = opt(False, "zero-vs-nonzero heads for Dead and Clover", "aux")
+    use_presence_heads: bool = opt(False, "zero-vs-nonzero heads for Dead and Clover; Dead and Clover are gated by "
+                                   "their presence probability in training and evaluation alike", "aux")
 
     # --- advanced ------------------------------------------------------------------------------
     use_cross_view_consistency: bool = opt(False, "left/right halves must agree per area", "advanced")
@@ -105,17 +108,20 @@ class TrainConfig:
     use_pad_to_square: bool = opt(False, "pad non-square halves to square instead of stretching them", "augmentation")
 
     # --- training ------------------------------------------------------------------------------
-    two_stage: bool = opt(True, "Stage 1 frozen backbone until patience, then Stage 2 finetuning", "training")
+    two_stage: bool = opt(True, "Stage 1 frozen backbone until patience, then Stage 2 finetuning; Stage 2 starts "
+                          "from Stage 1's best weights with a fresh AdamW and a fresh warm-up", "training")
     stage1_patience: int = opt(10, "Stage 1 epochs without val weighted_r2 gain before Stage 2", "training")
     freeze_epochs: int = opt(30, "maximum Stage 1 epochs", "training")
     stage2_epochs: int = opt(20, "Stage 2 epochs", "training")
     epochs: int = opt(50, "epochs of single-stage training (--no-two-stage)", "training")
     freeze_backbone: bool = opt(False, "keep the backbone frozen throughout (with --no-two-stage: heads only)", "training")
-    lr: float = opt(2e-4, "head learning rate (Stage 1, and heads in Stage 2)", "training")
-    backbone_lr: float = opt(1e-5, "backbone learning rate in Stage 2", "training")
+    lr: float = opt(2e-4, "peak head learning rate (Stage 1, and heads in Stage 2); the heads' floor is 1%% of it",
+                    "training")
+    backbone_lr: float = opt(1e-5, "peak backbone learning rate (Stage 2, or --no-two-stage); floor 1%% of it", "training")
     lr_mult: float = opt(1.0, "layer-wise LR decay per block of the backbone (1.0 = none)", "training")
     weight_decay: float = opt(0.05, "AdamW weight decay", "training")
-    warmup_epochs: float = opt(1.0, "linear LR warm-up at the start of each stage", "training")
+    warmup_epochs: float = opt(1.0, "linear warm-up from 1%% to the peak --lr / --backbone-lr at the start of each "
+                               "stage, then a cosine to 1%% of the peak by the stage's last epoch", "training")
     batch_size: int = opt(16, "effective batch size (split across DDP ranks automatically)", "training")
     grad_accum: int = opt(1, "gradient accumulation steps per optimiser step", "training")
     grad_clip: float = opt(1.0, "max gradient norm (0 = off)", "training")

@@ -34,11 +34,19 @@ def fold_statistics(train: pd.DataFrame, extras: dict) -> dict[str, torch.Tensor
     ndvi = train["Pre_GSHH_NDVI"].to_numpy(np.float64)
     sp = species_index(train["Species"], extras["species"])
     prior = np.stack([y[sp == k].mean(0) if (sp == k).any() else y.mean(0) for k in range(len(extras["species"]))])
+    states = {s: i for i, s in enumerate(extras["states"])}
+    state = train["State"].map(states).to_numpy(np.int64)
     t = lambda a: torch.tensor(np.asarray(a), dtype=torch.float32)  # noqa: E731
     return {
+        "mean": t(y.mean(0)),
+        "log_mean": t(np.log1p(y).mean(0)),
         "std": t(np.maximum(y.std(0, ddof=1), 1e-3)),
         "log_std": t(np.maximum(np.log1p(y).std(0, ddof=1), 1e-3)),
         "max": t(y.max(0)),
+        # Class priors, where classification heads start: P(Dead > 0), P(Clover > 0); species; State.
+        "presence": t([(y[:, TARGETS.index(k)] > 0).mean() for k in ("Dry_Dead_g", "Dry_Clover_g")]),
+        "species_freq": t(np.bincount(sp, minlength=len(extras["species"])) / len(sp)),
+        "state_freq": t(np.bincount(state, minlength=len(extras["states"])) / len(state)),
         "aux": t([log_h.mean(), max(log_h.std(), 1e-3), ndvi.mean(), max(ndvi.std(), 1e-3)]),
         "species_prior": t(prior),
     }

@@ -28,7 +28,7 @@ class Cosine(LossTerm):
         self.space = Space(stats, cfg.use_log_transform)
 
     def forward(self, outputs, batch):
-        return (1 - F.cosine_similarity(self.space(outputs["pred"]), self.space(batch["targets"]), dim=-1, eps=1e-6)).mean()
+        return (1 - F.cosine_similarity(self.space(outputs["raw"]), self.space(batch["targets"]), dim=-1, eps=1e-6)).mean()
 
 
 class _OnRaw(LossTerm):

@@ -7,6 +7,7 @@ presence) exist for training images only; at test time the heads still predict t
 
 from __future__ import annotations
 
+import torch
 import torch.nn as nn
 
 from src.config import TrainConfig
@@ -53,3 +54,30 @@ def _logvar(cfg, dim, extras):
 
 def build_aux_heads(cfg: TrainConfig, dim: int, extras: dict) -> nn.ModuleDict:
     return nn.ModuleDict(REGISTRY.build_all(cfg, dim, extras))
+
+
+def _logit(p: torch.Tensor) -> torch.Tensor:
+    p = p.clamp(1e-3, 1 - 1e-3)
+    return torch.log(p) - torch.log1p(-p)
+
+
+# What each head outputs before it has learnt anything: the data's own answer without the photo.
+# Regression heads learn standardised targets (mean 0); the log-variance head starts at the
+# variance of a prediction at the mean (1 in standardised units); classifiers at the class prior.
+START = {
+    "height": lambda stats: torch.zeros(1),
+    "ndvi": lambda stats: torch.zeros(1),
+    "logvar": lambda stats: torch.zeros(5),
+    "species": lambda stats: torch.log(stats["species_freq"].clamp(min=1e-3)),
+    "state": lambda stats: torch.log(stats["state_freq"].clamp(min=1e-3)),
+    "presence": lambda stats: _logit(stats["presence"]),
+}
+
+
+@torch.no_grad()
+def start_at_data(heads: nn.ModuleDict, stats: dict) -> None:
+    """Zero each head's last layer and set its bias to the head's ``START`` value."""
+    for name, head in heads.items():
+        last = head[-1]
+        last.weight.zero_()
+        last.bias.copy_(START[name](stats).to(last.bias))

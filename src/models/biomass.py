@@ -17,13 +17,13 @@ import torch.nn as nn
 
 from src.config import TrainConfig
 from src.data.transforms import MEAN, STD
-from src.models.aux_heads import build_aux_heads
+from src.models.aux_heads import build_aux_heads, start_at_data
 from src.models.backbone import create_backbone
 from src.models.depth import DepthAttention, DepthFeatures
 from src.models.heads import DensityHead
 from src.targets import TARGETS, complete, direct_targets, reconcile
 
-_DEAD, _CLOVER = TARGETS.index("Dry_Dead_g"), TARGETS.index("Dry_Clover_g")
+_DEAD, _CLOVER, _GDM, _TOTAL = (TARGETS.index(t) for t in ("Dry_Dead_g", "Dry_Clover_g", "GDM_g", "Dry_Total_g"))
 # Outputs worth writing beside the five masses (OOF and test predictions), when the model has them.
 EXPORTS = ("height_cm", "ndvi_value", "pred_std")
 
@@ -40,6 +40,25 @@ def export_frame(outputs: dict) -> pd.DataFrame:
     return pd.DataFrame(cols)
 
 
+def consistent(five: torch.Tensor) -> torch.Tensor:
+    """Five masses that already obey the relations -> the same with negative components clipped
+    at 0 and the totals re-summed (a Total head below GDM reports Dead = 0, Total = GDM)."""
+    g, d, c = (five[:, i].clamp(min=0) for i in (0, _DEAD, _CLOVER))
+    return torch.stack([g, d, c, g + c, g + d + c], dim=-1)
+
+
+def gate_presence(five: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    """Dead and Clover times their presence probability; GDM and Total lose what the gate took off
+    (so consistent inputs stay consistent, and free compositional heads keep their own values)."""
+    dead_off, clover_off = five[:, _DEAD] * (1 - p[:, 0]), five[:, _CLOVER] * (1 - p[:, 1])
+    out = five.clone()
+    out[:, _DEAD] = five[:, _DEAD] - dead_off
+    out[:, _CLOVER] = five[:, _CLOVER] - clover_off
+    out[:, _GDM] = five[:, _GDM] - clover_off
+    out[:, _TOTAL] = five[:, _TOTAL] - dead_off - clover_off
+    return out
+
+
 def direct_heads(cfg: TrainConfig) -> tuple[str, ...]:
     return TARGETS if cfg.use_compositional else direct_targets(cfg.train_dead, cfg.train_clover)
 
@@ -54,10 +73,10 @@ class StateScaling(nn.Module):
         self.bias = nn.Parameter(torch.zeros(n_states, n_out))
 
     def forward(self, grams: torch.Tensor, probs: torch.Tensor, unit: torch.Tensor) -> torch.Tensor:
-        """grams (B, 2, k), probs (B, S), unit (k,) -> rescaled grams >= 0."""
+        """grams (B, 2, k), probs (B, S), unit (k,) -> rescaled grams."""
         scale = torch.exp(probs @ self.log_scale)[:, None]
         bias = (probs @ self.bias)[:, None] * unit
-        return (grams * scale + bias).clamp(min=0)
+        return grams * scale + bias  # unclipped: the reported masses are clipped once, at the end
 
 
 class BiomassModel(nn.Module):
@@ -95,6 +114,8 @@ class BiomassModel(nn.Module):
         self.register_buffer("pixel_mean", torch.tensor(MEAN).view(3, 1, 1) * 255, persistent=False)
         self.register_buffer("pixel_std", torch.tensor(STD).view(3, 1, 1) * 255, persistent=False)
         self.backbone_frozen = False
+        if stats:
+            self.start_at_data(stats)
 
     # --- backbone --------------------------------------------------------------------------------
     def freeze_backbone(self, frozen: bool) -> None:
@@ -153,18 +174,16 @@ class BiomassModel(nn.Module):
         per_half = (pooled * unit).view(b, 2, -1)  # grams, as if the half were the whole quadrat
         if self.state_scaling is not None:
             per_half = self.state_scaling(per_half, out["state"].softmax(-1), unit)
-        heads = per_half.mean(1)
-        named = dict(zip(self.direct, heads.unbind(-1)))
-        raw = torch.stack([complete(named, clip=False)[t] for t in TARGETS], dim=-1)
-        if self.cfg.use_compositional:
-            pred = reconcile(raw)
-        else:
-            pred = torch.stack([complete(named)[t] for t in TARGETS], dim=-1)
+        raw = self._five(per_half.mean(1))
         if self.cfg.use_species_prior:
             s = self.cfg.species_prior_strength
-            pred = (1 - s) * pred + s * out["species"].softmax(-1) @ self.species_prior
-        if "presence" in out and not self.training:
-            pred = self._gate_presence(pred, torch.sigmoid(out["presence"]))
+            raw = (1 - s) * raw + s * out["species"].softmax(-1) @ self.species_prior
+        if "presence" in out:  # the same gate in training and evaluation: one model, not two
+            raw = gate_presence(raw, torch.sigmoid(out["presence"]))
+        # Losses see ``raw``: unclipped, so no clip can cut a head off from its gradient (a relu on
+        # Dead = Total - GDM did, and Dead stayed 0). Reported masses are ``pred``: non-negative and
+        # obeying both relations.
+        pred = reconcile(raw) if self.cfg.use_compositional else consistent(raw)
         out.update({"pred": pred, "raw": raw, "per_half": per_half})
         self._real_units(out, pred)
         if self.cfg.use_aos_hallucination and self.training and "aos_view" in batch:
@@ -172,11 +191,34 @@ class BiomassModel(nn.Module):
             out["ndvi_aos"] = self.aux["ndvi"](feat_aos)
         return out
 
-    @staticmethod
-    def _gate_presence(pred: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
-        """Dead and Clover times their presence probability; GDM and Total re-summed."""
-        green, dead, clover = pred[:, 0], pred[:, _DEAD] * p[:, 0], pred[:, _CLOVER] * p[:, 1]
-        return torch.stack([green, dead, clover, green + clover, green + dead + clover], dim=-1)
+    def _five(self, heads: torch.Tensor) -> torch.Tensor:
+        """(B, k) direct head grams -> (B, 5): five free heads as they are, or three direct ones with
+        the two others derived by the label relations, unclipped (a derived mass may be negative)."""
+        if self.cfg.use_compositional:
+            return heads
+        named = dict(zip(self.direct, heads.unbind(-1)))
+        full = complete(named, clip=False)
+        return torch.stack([full[t] for t in TARGETS], dim=-1)
+
+    @torch.no_grad()
+    def start_at_data(self, stats: dict) -> None:
+        """Every head starts at the training fold's answer without the photo: the mass heads at the
+        mean in the space the regression loss compares (grams, or log1p grams: there the mean of
+        log1p), after the species prior and the presence gate; auxiliary heads see ``aux_heads``."""
+        m = torch.expm1(stats["log_mean"].float()) if self.cfg.use_log_transform else stats["mean"].float()
+        target = m.clone()
+        if "presence" in self.aux:  # gated by P(present) at init: start the gated heads at E[y | y > 0]
+            p = stats["presence"].float().clamp(min=1e-3)
+            target[_DEAD], target[_CLOVER] = m[_DEAD] / p[0], m[_CLOVER] / p[1]
+            # GDM and Total heads (direct or free) start above their means by what the gate takes off
+            target[_GDM] = m[_GDM] + target[_CLOVER] - m[_CLOVER]
+            target[_TOTAL] = m[_TOTAL] + target[_DEAD] - m[_DEAD] + target[_CLOVER] - m[_CLOVER]
+        if self.cfg.use_species_prior:  # the prior term starts at the class-weighted means
+            s = self.cfg.species_prior_strength
+            if s < 1:
+                target = (target - s * stats["species_freq"].float() @ self.species_prior) / (1 - s)
+        self.head.start_at(target[self._direct_idx] / self.target_scale[self._direct_idx])
+        start_at_data(self.aux, stats)
 
     def _real_units(self, out: dict, pred: torch.Tensor) -> None:
         """Auxiliary predictions in their own units, for the prediction files."""

@@ -1,0 +1,195 @@
+"""The mass heads learn: every direct head gets gradient from the loss, every head starts at the
+training fold's answer, presence gating is one model in training and evaluation, and the LR
+schedule reaches the rates the flags name."""
+
+import numpy as np
+import pytest
+import torch
+
+from src.config import TrainConfig, resolve
+from src.data.fold_stats import aux_targets, fold_statistics, vocabularies
+from src.data.schema import load_train
+from src.losses import build_criterion
+from src.losses.regression import HuberDead
+from src.models.biomass import BiomassModel
+from src.targets import TARGETS
+from src.training.optim import LR_FLOOR, build_optimizer, build_scheduler
+
+BASE = dict(backbone_size="tiny", backbone_weights="none", image_size=32, use_depth=False, depth_attention=False)
+HEADS = {
+    "default": {},
+    "train_dead": {"train_dead": True},
+    "no_train_clover": {"train_clover": False},
+    "compositional": {"use_compositional": True},
+    "planthydra": {"use_planthydra_loss": True},
+    "presence": {"use_presence_heads": True},
+    "huber": {"use_huber": True},
+    "species_prior": {"use_species_head": True, "use_species_prior": True},
+    "state_scaling": {"use_state_scaling": True},
+}
+
+
+@pytest.fixture(scope="module")
+def fold(demo_data):
+    images = load_train(demo_data)
+    train = images.iloc[:40].reset_index(drop=True)
+    extras = vocabularies(train)
+    stats = fold_statistics(train, extras)
+    g = torch.Generator().manual_seed(0)
+    batch = {"image": torch.rand(16, 2, 3, 32, 32, generator=g) * 255,
+             "targets": torch.tensor(train[list(TARGETS)].to_numpy()[:16], dtype=torch.float32)}  # fmt: skip
+    batch.update({k: torch.tensor(v[:16]) for k, v in aux_targets(train, stats, extras).items()})
+    return {"extras": extras, "stats": stats, "batch": batch, "train": train}
+
+
+def _model(fold, **flags):
+    cfg = resolve(TrainConfig(**{**BASE, **flags}))
+    torch.manual_seed(0)
+    return cfg, BiomassModel(cfg, fold["stats"], fold["extras"]), build_criterion(cfg, fold["stats"])
+
+
+def _head_grads(model, crit, batch) -> torch.Tensor:
+    """|d loss / d bias| of the density head's last layer, one per direct head."""
+    model.train()
+    model.zero_grad()
+    loss, _ = crit(model(batch), batch)
+    loss.backward()
+    return model.head.mlp[-1].bias.grad.abs().clone()
+
+
+@pytest.mark.parametrize("name", list(HEADS))
+def test_every_direct_head_gets_gradient_at_start_and_after_updates(fold, name):
+    _, model, crit = _model(fold, **HEADS[name])
+    batch = fold["batch"]
+    assert (_head_grads(model, crit, batch) > 0).all(), "a head gets no gradient at initialisation"
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(25):
+        _head_grads(model, crit, batch)
+        opt.step()
+    assert (_head_grads(model, crit, batch) > 0).all(), "a head lost its gradient during training"
+    if "Dry_Total_g" in model.direct:
+        # Where a clip would cut it off: the Total head far below Green + Clover (Dead would clip to 0).
+        with torch.no_grad():
+            model.head.mlp[-1].bias[model.direct.index("Dry_Total_g")] = -6.0
+        grads = _head_grads(model, crit, batch)
+        assert grads[model.direct.index("Dry_Total_g")] > 0
+
+
+@pytest.mark.parametrize("name", list(HEADS))
+def test_every_head_starts_at_the_training_fold_mean(fold, name):
+    cfg, model, _ = _model(fold, **HEADS[name])
+    stats = fold["stats"]
+    out = model.train()(fold["batch"])
+    idx = [TARGETS.index(t) for t in model.direct]
+    raw = out["raw"][:, idx]
+    if cfg.use_log_transform:  # the log1p loss's space: the mean of log1p(grams)
+        np.testing.assert_allclose(torch.log1p(raw).detach(), stats["log_mean"][idx].expand_as(raw),
+                                   atol=1e-3 * float(stats["log_std"].min()))  # fmt: skip
+    else:
+        np.testing.assert_allclose(raw.detach(), stats["mean"][idx].expand_as(raw), atol=1e-3 * float(stats["std"].min()))
+        if not cfg.use_compositional:  # derived ones too: means are additive in grams
+            np.testing.assert_allclose(out["pred"].detach(), stats["mean"].expand_as(out["pred"]), rtol=1e-4)
+    for key in ("height", "ndvi", "logvar"):
+        if key in out:
+            assert out[key].abs().max() < 1e-6, key
+    for key, prior in (("species", "species_freq"), ("state", "state_freq")):
+        if key in out:
+            want = stats[prior].clamp(min=1e-3) / stats[prior].clamp(min=1e-3).sum()
+            np.testing.assert_allclose(out[key].softmax(-1).detach(), want.expand_as(out[key]), atol=1e-4)
+    if "presence" in out:
+        np.testing.assert_allclose(torch.sigmoid(out["presence"]).detach(), stats["presence"].expand(16, 2), atol=1e-4)
+
+
+def test_auxiliary_heads_start_at_their_targets_mean(fold):
+    _, model, _ = _model(fold, use_height_head=True, use_ndvi_head=True, use_species_head=True, use_uncertainty=True)
+    out = model(fold["batch"])
+    train = fold["train"]
+    np.testing.assert_allclose(out["height_cm"].detach(), np.expm1(np.log1p(train["Height_Ave_cm"]).mean()), rtol=1e-4)
+    np.testing.assert_allclose(out["ndvi_value"].detach(), train["Pre_GSHH_NDVI"].mean(), rtol=1e-4)
+    assert out["logvar"].abs().max() < 1e-6
+
+
+def test_presence_gating_is_the_same_in_training_and_evaluation(fold):
+    _, model, _ = _model(fold, use_presence_heads=True)
+    with torch.no_grad():
+        torch.nn.init.normal_(model.aux["presence"][-1].weight, std=0.5)  # presence varies per photo
+        torch.nn.init.normal_(model.head.mlp[-1].weight, std=0.3)
+        train_pred = model.train()(fold["batch"])["pred"]
+        eval_pred = model.eval()(fold["batch"])["pred"]
+    torch.testing.assert_close(train_pred, eval_pred)
+
+
+def test_huber_is_in_the_same_standardised_units_as_the_other_terms(fold):
+    """Grams x 10 (with --huber-delta x 10) must not change the loss: it is in units of the std."""
+    stats, batch = fold["stats"], fold["batch"]
+    out = {"raw": batch["targets"] * 0.7 + 3.0}
+    a = HuberDead(TrainConfig(use_huber=True, huber_delta=5.0), stats)(out, batch)
+    big = {**stats, "std": stats["std"] * 10}
+    b = HuberDead(TrainConfig(use_huber=True, huber_delta=50.0), big)({"raw": out["raw"] * 10},
+                                                                       {"targets": batch["targets"] * 10})
+    torch.testing.assert_close(a, b)
+
+
+def _schedule(cfg, epochs=6, steps=5, train_backbone=True):
+    model = BiomassModel(cfg)
+    opt = build_optimizer(model, cfg, train_backbone)
+    sched = build_scheduler(opt, cfg, epochs, steps)
+    lrs = []
+    for n in range(epochs * steps):
+        lrs.append({g["name"]: g["lr"] for g in opt.param_groups})  # the LR update n is taken with
+        sched.step_update(n + 1)
+    return [lr["heads"] for lr in lrs], [lr.get("backbone") for lr in lrs]
+
+
+def test_warmup_rises_to_the_configured_lrs_then_decays_to_a_floor_of_each():
+    cfg = TrainConfig(**BASE, lr=2e-4, backbone_lr=1e-5, warmup_epochs=1.0)
+    heads, backbone = _schedule(cfg)
+    peak = int(np.argmax(heads))
+    assert heads[peak] == pytest.approx(2e-4) and max(backbone) == pytest.approx(1e-5)
+    assert peak == 5 and all(a < b for a, b in zip(heads[:peak], heads[1:peak + 1]))  # warm-up over one epoch
+    assert all(a >= b for a, b in zip(heads[peak:], heads[peak + 1:]))  # then only down
+    assert heads[-1] == pytest.approx(LR_FLOOR * 2e-4, rel=0.2) and backbone[-1] == pytest.approx(LR_FLOOR * 1e-5, rel=0.2)
+    assert heads[0] < 0.05 * 2e-4 and backbone[0] < 0.05 * 1e-5  # warm-up starts low for each group
+    # the heads' schedule is theirs alone: --backbone-lr does not move it
+    other, _ = _schedule(TrainConfig(**BASE, lr=2e-4, backbone_lr=1e-3, warmup_epochs=1.0))
+    assert other == pytest.approx(heads)
+    frozen, _ = _schedule(cfg, train_backbone=False)
+    assert frozen == pytest.approx(heads)
+
+
+@pytest.mark.long
+def test_guide_phase_1_1_with_the_demo_settings_learns_dead(tmp_path):
+    """The guide's baseline command (all defaults, depth included) on the demo data at the demo's
+    overrides: Dead, derived from Total - GDM, is learnt (it was a constant 0 when a clip cut the
+    Total head off)."""
+    import os
+    import subprocess
+    import sys
+
+    import pandas as pd
+
+    from src.data.depth import build_cache, cache_path
+    from src.data.folds import make_folds
+    from src.models.depth_anything import make_tiny
+    from src.synth import generate
+
+    demo_data = tmp_path / "demo"
+    generate(demo_data, n_train=120, n_test=30, seed=0)  # config/demo.yaml's data and folds
+    make_folds(load_train(demo_data), n_folds=5, strategy="group_location", seed=42).to_csv(
+        demo_data / "trainfold_group_location.csv", index=False)
+    tiny = make_tiny(tmp_path / "tiny-da2")
+    build_cache(demo_data, "train", str(tiny), cache_path(tmp_path / "depth", "small", "train"))
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "src.dinov3_train", "--folds", "0", "--freeze-epochs", "10", "--stage2-epochs", "40",
+           "--data-dir", str(demo_data), "--fold-csv", str(demo_data / "trainfold_group_location.csv"),
+           "--output-dir", str(out), "--depth-model", str(tiny), "--depth-cache-dir", str(tmp_path / "depth"),
+           # config/demo.yaml's trainer_overrides
+           "--backbone-size", "tiny", "--backbone-weights", "none", "--image-size", "64", "--batch-size", "8",
+           "--lr", "0.003", "--backbone-lr", "0.001", "--stage1-patience", "10", "--num-workers", "0", "--device", "cpu"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    hist = pd.read_csv(out / "fold0/history.csv")
+    assert hist["r2_dead"].iloc[-1] > 0, hist["r2_dead"].tolist()
+    dead = pd.read_parquet(out / "fold0/oof.parquet")["pred_Dry_Dead_g"]
+    assert dead.std() > 0.05 * dead.mean() > 0, dead.describe()
+
