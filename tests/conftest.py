@@ -39,3 +39,24 @@ def demo_copy(demo_data, tmp_path) -> Path:
     dst = tmp_path / "data"
     shutil.copytree(demo_data, dst)
     return dst
+
+
+@pytest.fixture(scope="session")
+def fold(demo_data) -> dict:
+    """A training fold of 40 demo images: its statistics and vocabularies, and a batch of 16 with
+    random 32 px halves, true targets and the auxiliary targets (for model and loss unit tests)."""
+    import torch
+
+    from src.data.fold_stats import aux_targets, fold_statistics, vocabularies
+    from src.data.schema import load_train
+    from src.targets import TARGETS
+
+    train = load_train(demo_data).iloc[:40].reset_index(drop=True)
+    extras = vocabularies(train)
+    stats = fold_statistics(train, extras)
+    g = torch.Generator().manual_seed(0)
+    batch = {"image": torch.rand(16, 2, 3, 32, 32, generator=g) * 255,
+             "targets": torch.tensor(train[list(TARGETS)].to_numpy()[:16], dtype=torch.float32)}  # fmt: skip
+    batch["aos_view"] = batch["image"] * 0.8 + 0.1
+    batch.update({k: torch.tensor(v[:16]) for k, v in aux_targets(train, stats, extras).items()})
+    return {"extras": extras, "stats": stats, "batch": batch, "train": train}

@@ -12,8 +12,6 @@ import torch
 
 from src.config import TrainConfig, parse_config, resolve
 from src.data.depth import build_cache, cache_path
-from src.data.fold_stats import aux_targets, fold_statistics, vocabularies
-from src.data.schema import load_train
 from src.errors import UserError
 from src.losses import build_criterion
 from src.models.biomass import BiomassModel
@@ -42,20 +40,6 @@ FEATURES = {
     "cross_view": ({"use_cross_view_consistency": True}, {"cross_view"}, set()),
 }
 DEFAULT_TERMS = {"smoothl1"}
-
-
-@pytest.fixture(scope="module")
-def fold(demo_data):
-    images = load_train(demo_data)
-    train = images.iloc[:40].reset_index(drop=True)
-    extras = vocabularies(train)
-    stats = fold_statistics(train, extras)
-    g = torch.Generator().manual_seed(0)
-    batch = {"image": torch.rand(6, 2, 3, 32, 32, generator=g) * 255,
-             "targets": torch.tensor(train[list(TARGETS)].to_numpy()[:6], dtype=torch.float32)}  # fmt: skip
-    batch["aos_view"] = batch["image"] * 0.8 + 0.1
-    batch.update({k: torch.tensor(v[:6]) for k, v in aux_targets(train, stats, extras).items()})
-    return {"extras": extras, "stats": stats, "batch": batch}
 
 
 def _build(fold, low_total: bool = False, **flags):

@@ -7,7 +7,6 @@ import pytest
 import torch
 
 from src.config import TrainConfig, resolve
-from src.data.fold_stats import aux_targets, fold_statistics, vocabularies
 from src.data.schema import load_train
 from src.losses import build_criterion
 from src.losses.regression import HuberDead
@@ -27,19 +26,6 @@ HEADS = {
     "species_prior": {"use_species_head": True, "use_species_prior": True},
     "state_scaling": {"use_state_scaling": True},
 }
-
-
-@pytest.fixture(scope="module")
-def fold(demo_data):
-    images = load_train(demo_data)
-    train = images.iloc[:40].reset_index(drop=True)
-    extras = vocabularies(train)
-    stats = fold_statistics(train, extras)
-    g = torch.Generator().manual_seed(0)
-    batch = {"image": torch.rand(16, 2, 3, 32, 32, generator=g) * 255,
-             "targets": torch.tensor(train[list(TARGETS)].to_numpy()[:16], dtype=torch.float32)}  # fmt: skip
-    batch.update({k: torch.tensor(v[:16]) for k, v in aux_targets(train, stats, extras).items()})
-    return {"extras": extras, "stats": stats, "batch": batch, "train": train}
 
 
 def _model(fold, **flags):
@@ -193,3 +179,19 @@ def test_guide_phase_1_1_with_the_demo_settings_learns_dead(tmp_path):
     dead = pd.read_parquet(out / "fold0/oof.parquet")["pred_Dry_Dead_g"]
     assert dead.std() > 0.05 * dead.mean() > 0, dead.describe()
 
+
+
+def test_a_derived_dead_is_in_the_loss_and_keeps_its_gradient_below_zero(fold):
+    """Dead = Total - GDM counts in the loss at its metric weight, and a raw Dead below 0 (a Total
+    head under GDM) still pulls in log space too, where log1p(clamp(x, 0)) would be flat."""
+    for flags in ({}, {"use_log_transform": True}):
+        _, model, crit = _model(fold, **flags)
+        out, batch = model.train()(fold["batch"]), fold["batch"]
+        other = {**batch, "targets": batch["targets"].clone()}
+        other["targets"][:, TARGETS.index("Dry_Dead_g")] += 5.0  # only the Dead labels differ
+        assert not torch.isclose(crit(out, batch)[0], crit(out, other)[0]), flags
+    from src.losses.regression import Space
+
+    below = torch.tensor([[-3.0, -0.5, 0.0, 1.0, 2.0]], requires_grad=True)
+    Space(fold["stats"], log=True)(below).sum().backward()
+    assert (below.grad > 0).all()

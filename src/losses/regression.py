@@ -35,7 +35,7 @@ def regression_weights(cfg) -> torch.Tensor:
 def log1p_linear(x: torch.Tensor) -> torch.Tensor:
     """log1p(x) for x >= 0 and x below (its tangent at 0): a raw derived mass below 0 keeps a
     gradient that pushes it back, where log1p(clamp(x, 0)) would have none."""
-    return torch.where(x >= 0, torch.log1p(x.clamp(min=0)), x)
+    return torch.where(x > 0, torch.log1p(x.clamp(min=0)), x)
 
 
 class Space(torch.nn.Module):
