@@ -121,7 +121,8 @@ class TrainConfig:
     lr_mult: float = opt(1.0, "layer-wise LR decay per block of the backbone (1.0 = none)", "training")
     weight_decay: float = opt(0.05, "AdamW weight decay", "training")
     warmup_epochs: float = opt(1.0, "linear warm-up from 1%% to the peak --lr / --backbone-lr at the start of each "
-                               "stage, then a cosine to 1%% of the peak by the stage's last epoch", "training")
+                               "stage; the peak is then held and decays over the stage's last 20%% to 1%% of it",
+                               "training")
     batch_size: int = opt(16, "effective batch size (split across DDP ranks automatically)", "training")
     grad_accum: int = opt(1, "gradient accumulation steps per optimiser step", "training")
     grad_clip: float = opt(1.0, "max gradient norm (0 = off)", "training")

@@ -91,3 +91,12 @@ def reconcile(five):
     a = torch.tensor(COMPOSITION, dtype=five.dtype, device=five.device)  # (5, 3)
     components = (five @ a @ torch.linalg.inv(a.T @ a)).clamp(min=0)
     return components @ a.T
+
+
+def consistent(five):
+    """Five masses (..., 5) that already obey the relations -> the same with negative components
+    clipped at 0 and the totals re-summed (a Total below GDM reports Dead = 0, Total = GDM)."""
+    import torch
+
+    g, d, c = (five[..., i].clamp(min=0) for i in range(3))  # TARGETS begins Green, Dead, Clover
+    return torch.stack([g, d, c, g + c, g + d + c], dim=-1)

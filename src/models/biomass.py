@@ -21,7 +21,7 @@ from src.models.aux_heads import build_aux_heads, start_at_data
 from src.models.backbone import create_backbone
 from src.models.depth import DepthAttention, DepthFeatures
 from src.models.heads import DensityHead
-from src.targets import TARGETS, complete, direct_targets, reconcile
+from src.targets import TARGETS, complete, consistent, direct_targets, reconcile
 
 _DEAD, _CLOVER, _GDM, _TOTAL = (TARGETS.index(t) for t in ("Dry_Dead_g", "Dry_Clover_g", "GDM_g", "Dry_Total_g"))
 # Outputs worth writing beside the five masses (OOF and test predictions), when the model has them.
@@ -38,13 +38,6 @@ def export_frame(outputs: dict) -> pd.DataFrame:
     if "pred_std" in outputs:
         cols.update({f"std_{t}": outputs["pred_std"][:, i] for i, t in enumerate(TARGETS)})
     return pd.DataFrame(cols)
-
-
-def consistent(five: torch.Tensor) -> torch.Tensor:
-    """Five masses that already obey the relations -> the same with negative components clipped
-    at 0 and the totals re-summed (a Total head below GDM reports Dead = 0, Total = GDM)."""
-    g, d, c = (five[:, i].clamp(min=0) for i in (0, _DEAD, _CLOVER))
-    return torch.stack([g, d, c, g + c, g + d + c], dim=-1)
 
 
 def gate_presence(five: torch.Tensor, p: torch.Tensor) -> torch.Tensor:

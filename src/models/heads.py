@@ -2,8 +2,9 @@
 
 The density head scores every patch token (joined with its half's CLS token) with a small MLP
 and a softplus, so each patch predicts a non-negative mass density; averaging patches gives the
-half's mass. ``start_at`` makes it start at the training fold's means instead of ~0.69 x std,
-which Adam would need hundreds of updates to reach. Public write-ups found such dense heads beat pooling the CLS token alone.
+half's mass. Public write-ups found such dense heads beat pooling the CLS token alone.
+``start_at`` makes it start at the training fold's means instead of ~0.69 x std, which Adam
+would need hundreds of updates to reach.
 """
 
 from __future__ import annotations
