@@ -51,8 +51,8 @@ class TrainConfig:
     compile: bool = opt(False, "torch.compile the backbone (worth it on CUDA; the first steps are slow)", "model")
     feature_cache: bool = opt(True, "while the backbone is frozen, compute its tokens once per view and train the heads "
                               "on them (not with --use-aos-hallucination)", "training")
-    feature_cache_views: int = opt(4, "views per image in the feature cache: the first N of the 8 flips/rotations",
-                                   "training")
+    feature_cache_views: int = opt(4, "augmented samples per image in the feature cache, each drawn with the training "
+                                   "augmentation (strong aug, perspective jitter, border mask)", "training")
     train_dead: bool = opt(False, "predict Dead directly, Total = GDM + Dead (else Total directly, Dead = Total - GDM; "
                            "the loss sees it unclipped, so it trains the Total head)", "heads")
     train_clover: bool = opt(True, "predict Clover directly (else GDM directly, Clover = GDM - Green)", "heads")
@@ -219,8 +219,8 @@ def validate(cfg: TrainConfig, source: str = "config") -> None:
             raise UserError(f"{source}: {flag(name)} {getattr(cfg, name)!r} is not one of {', '.join(choices)}")
     if cfg.image_size <= 0 or cfg.image_size % 16:
         raise UserError(f"{source}: --image-size {cfg.image_size} must be a positive multiple of 16 (the patch size)")
-    if not 1 <= cfg.feature_cache_views <= 8:
-        raise UserError(f"{source}: --feature-cache-views must be within 1..8 (the flips/rotations of a square)")
+    if cfg.feature_cache_views < 1:
+        raise UserError(f"{source}: --feature-cache-views must be >= 1")
     for name in ("batch_size", "grad_accum", "n_folds"):
         if getattr(cfg, name) < 1:
             raise UserError(f"{source}: {flag(name)} must be >= 1")

@@ -1,33 +1,54 @@
 """The frozen-feature cache: same validation numbers as the live backbone, far fewer backbone
-passes, exact geometric views of the depth features."""
+passes, training views drawn with the training augmentation."""
 
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 from torch.utils.data import DataLoader
 
 from src.config import TrainConfig
 from src.data.dataset import BiomassDataset
 from src.data.fold_stats import aux_targets, fold_statistics, vocabularies
 from src.data.schema import load_train
-from src.data.transforms import HalfTransform, depth_patch_features
+from src.data.transforms import HalfTransform
 from src.losses import build_criterion
 from src.models.biomass import BiomassModel
 from src.training import run as run_module
 from src.training.distributed import DistInfo
 from src.training.engine import evaluate
-from src.training.feature_cache import VIEWS, CachedValidation, FeatureCache, apply_view
+from src.training.feature_cache import CachedValidation, FeatureCache
 
 
-def test_views_are_the_eight_symmetries_and_exact_on_depth_grids():
-    x = torch.arange(16.0).view(4, 4)
-    seen = {tuple(apply_view(x, v).flatten().tolist()) for v in range(len(VIEWS))}
-    assert len(VIEWS) == 8 and len(seen) == 8 and apply_view(x, 0).equal(x)
-    depth = np.random.default_rng(0).random((64, 64)).astype(np.float32)
-    for v in range(8):
-        moved = apply_view(torch.from_numpy(depth), v).numpy().copy()
-        np.testing.assert_allclose(depth_patch_features(moved), apply_view(torch.from_numpy(depth_patch_features(depth)), v).numpy(),
-                                   rtol=1e-5, atol=1e-6)  # fmt: skip
+@pytest.mark.parametrize("flag", ["strong_aug", "use_perspective_jitter", "use_border_mask"])
+def test_cached_stage1_sees_the_training_augmentation(demo_data, tmp_path, flag):
+    """Head-only training on the feature cache (guide Phase 1.2): each augmentation flag changes
+    what the heads learn, as it does on the live backbone."""
+    weights = {}
+    for on in (True, False):
+        cfg = TrainConfig(data_dir=str(demo_data), fold_csv=str(demo_data / "trainfold_group_location.csv"),
+                          output_dir=str(tmp_path / f"{flag}{on}"), backbone_size="tiny", backbone_weights="none",
+                          image_size=32, use_depth=False, folds=[0], two_stage=False, freeze_backbone=True, epochs=2,
+                          batch_size=8, num_workers=0, device="cpu", feature_cache_views=2, **{flag: on})  # fmt: skip
+        run_module.run(cfg)
+        weights[on] = load_file(str(tmp_path / f"{flag}{on}" / "fold0/last.safetensors"))["head.linear.weight"]
+    assert not torch.equal(weights[True], weights[False])
+
+
+def test_cache_views_are_the_training_datasets_draws(demo_data):
+    """View v of image i is the training dataset's sample for epoch v: augmented, and exact."""
+    images = load_train(demo_data).iloc[:6]
+    cfg = TrainConfig(backbone_size="tiny", backbone_weights="none", image_size=32, use_depth=False)
+    torch.manual_seed(0)
+    model = BiomassModel(cfg)
+    model.freeze_backbone(True)
+    ds = BiomassDataset(images, demo_data, HalfTransform(size=32, train=True, strong_aug=True), seed=3)
+    cache = FeatureCache(model, ds, 2, DistInfo(), 4, "test")
+    with torch.no_grad():
+        for v in range(2):
+            _, patches = model.tokens(torch.stack([ds[v * len(ds) + i]["image"] for i in range(len(ds))]))
+            torch.testing.assert_close(cache.patches[v], patches.view(len(ds), 2, *patches.shape[1:]))
+    assert not torch.equal(cache.patches[0], cache.patches[1])
 
 
 def test_cached_validation_equals_the_live_backbone(demo_data):

@@ -1,12 +1,13 @@
 """Frozen-feature cache for Stage 1: the frozen backbone's tokens computed once per fold.
 
 While the backbone is frozen its outputs never change, so running it every epoch is waste.
-Instead, each training image's halves are passed once under a fixed set of views (the first
-``--feature-cache-views`` of the eight flips/rotations of the square halves), and Stage 1 trains
-the heads on those tokens, drawing one view per image per epoch (seeded, so DDP and resume replay
-it). Validation uses the unaugmented view, so its metrics equal the uncached path's. Trade-off:
-Stage 1 then sees geometric views only (no colour jitter, CLAHE or blur); Stage 2 returns to the
-live backbone and the full augmentation.
+Instead, each training image is passed ``--feature-cache-views`` times, each time as the
+training dataset draws it for one "epoch" (view v of image i is the dataset's sample for key
+v * n + i: the training transform with its strong augmentation, perspective jitter, border mask
+and depth, seeded, so DDP and resume replay it), and Stage 1 trains the heads on those tokens,
+drawing one view per image per epoch. Validation uses the unaugmented images, so its metrics
+equal the uncached path's. Trade-off: Stage 1 sees N augmented samples per image instead of a
+fresh one every epoch.
 """
 
 from __future__ import annotations
@@ -22,17 +23,6 @@ from tqdm import tqdm
 from src.errors import UserError
 from src.training.distributed import DistInfo, sum_across_ranks
 from src.training.engine import autocast
-
-# The dihedral group of the square: rotate k x 90 degrees, then optionally mirror.
-VIEWS = [(k, flip) for flip in (False, True) for k in range(4)]
-
-
-def apply_view(x: torch.Tensor, view: int) -> torch.Tensor:
-    """Same geometric view of images (..., S, S) and of depth feature grids (..., G, G): 16-px
-    patches map onto patches under these transforms, so the pooled depth features stay exact."""
-    k, flip = VIEWS[view]
-    x = torch.rot90(x, k, dims=(-2, -1))
-    return x.flip(-1) if flip else x
 
 
 def available_memory() -> int | None:
@@ -67,7 +57,7 @@ class FeatureCache:
     summed across ranks (each row is non-zero on exactly one rank, so the sum is an exact gather).
     """
 
-    def __init__(self, model, dataset, views: int, info: DistInfo, batch_size: int, desc: str):
+    def __init__(self, model, dataset, views: int, info: DistInfo, batch_size: int, desc: str, workers: int = 0):
         n, device = len(dataset), info.device
         if n < info.world_size:
             raise UserError(f"{desc}: {n} images cannot be shared by {info.world_size} ranks; use fewer ranks "
@@ -75,31 +65,32 @@ class FeatureCache:
         self.views = views
         self.targets = {}
         self.cls = self.patches = self.depth = None
-        share = Subset(dataset, range(info.rank, n, info.world_size))  # items keep their dataset row in "index"
-        loader = DataLoader(share, batch_size=batch_size, shuffle=False, num_workers=0)
-        with torch.no_grad(), tqdm(total=len(share) * views, desc=desc, unit="view", leave=False,
-                                   disable=not info.is_main) as bar:  # fmt: skip
+        rows = range(info.rank, n, info.world_size)
+        keys = [v * n + i for v in range(views) for i in rows]  # BiomassDataset: key = epoch * n + row
+        loader = DataLoader(Subset(dataset, keys), batch_size=batch_size, shuffle=False, num_workers=workers)
+        done = 0
+        with torch.no_grad(), tqdm(total=len(keys), desc=desc, unit="view", leave=False, disable=not info.is_main) as bar:
             for batch in loader:
                 idx = batch["index"]
-                for v in range(views):
-                    x = apply_view(batch["image"], v).to(device)
-                    with autocast(device):
-                        cls, patches = model.tokens(x)
-                    cls, patches = cls.view(len(idx), 2, -1).cpu(), patches.reshape(len(idx), 2, *patches.shape[1:]).cpu()
-                    if self.cls is None:
-                        per_image = cls[0].numel() * cls.element_size() + patches[0].numel() * patches.element_size()
-                        check_fits(per_image * views * n, desc)
-                        self.cls = torch.zeros(views, n, *cls.shape[1:], dtype=cls.dtype)
-                        self.patches = torch.zeros(views, n, *patches.shape[1:], dtype=patches.dtype)
-                        if "depth" in batch:
-                            self.depth = torch.zeros(views, n, *batch["depth"].shape[1:])
-                    self.cls[v, idx], self.patches[v, idx] = cls, patches
-                    if self.depth is not None:
-                        self.depth[v, idx] = apply_view(batch["depth"], v)
-                    bar.update(len(idx))
+                v = torch.as_tensor(keys[done:done + len(idx)]) // n
+                done += len(idx)
+                with autocast(device):
+                    cls, patches = model.tokens(batch["image"].to(device))
+                cls, patches = cls.view(len(idx), 2, -1).cpu(), patches.reshape(len(idx), 2, *patches.shape[1:]).cpu()
+                if self.cls is None:
+                    per_image = cls[0].numel() * cls.element_size() + patches[0].numel() * patches.element_size()
+                    check_fits(per_image * views * n, desc)
+                    self.cls = torch.zeros(views, n, *cls.shape[1:], dtype=cls.dtype)
+                    self.patches = torch.zeros(views, n, *patches.shape[1:], dtype=patches.dtype)
+                    if "depth" in batch:
+                        self.depth = torch.zeros(views, n, *batch["depth"].shape[1:])
+                self.cls[v, idx], self.patches[v, idx] = cls, patches
+                if self.depth is not None:
+                    self.depth[v, idx] = batch["depth"]
                 for k, t in batch.items():
                     if k not in ("image", "depth", "aos_view", "index"):
                         self.targets.setdefault(k, torch.zeros((n, *t.shape[1:]), dtype=t.dtype))[idx] = t
+                bar.update(len(idx))
         for t in (self.cls, self.patches, self.depth, *self.targets.values()):
             if t is not None:
                 sum_across_ranks(t, info)

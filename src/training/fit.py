@@ -68,21 +68,17 @@ class FoldState:
     history: list = field(default_factory=list)
 
 
-def _build_feature_caches(model, cfg, info, train, val, tf, depth, is_val, halves, stats, extras, batch_size):
-    """Tokens of the frozen backbone: every training image under the configured views, and the
-    unaugmented validation images. Under DDP each rank computes its share and all ranks end with all."""
-    def dataset(images, mask):
-        return BiomassDataset(images, cfg.data_dir, HalfTransform(train=False, **tf),
-                              depth=None if depth is None else depth[mask], aux=aux_targets(images, stats, extras),
-                              halves=_rows(halves, mask))  # fmt: skip
-
-    train_cache = FeatureCache(model, dataset(train, ~is_val), cfg.feature_cache_views, info, batch_size,
-                               "feature cache (train)")  # fmt: skip
-    val_cache = FeatureCache(model, dataset(val, is_val), 1, info, batch_size, "feature cache (val)")
+def _build_feature_caches(model, cfg, info, train_ds, val_ds, batch_size):
+    """Tokens of the frozen backbone: ``--feature-cache-views`` augmented samples of every training
+    image, drawn by the training dataset itself (its transform and seed), and the unaugmented
+    validation images. Under DDP each rank computes its share and all ranks end with all."""
+    workers = cfg.num_workers
+    train_cache = FeatureCache(model, train_ds, cfg.feature_cache_views, info, batch_size, "feature cache (train)", workers)
+    val_cache = FeatureCache(model, val_ds, 1, info, batch_size, "feature cache (val)", workers)
     if info.is_main:
         mib = (train_cache.nbytes + val_cache.nbytes) / 2**20
-        print(f"feature cache: {len(train)} images x {cfg.feature_cache_views} views + {len(val)} val, {mib:.0f} MiB",
-              flush=True)  # fmt: skip
+        print(f"feature cache: {len(train_ds)} images x {cfg.feature_cache_views} augmented views + {len(val_ds)} val, "
+              f"{mib:.0f} MiB", flush=True)  # fmt: skip
     return train_cache, val_cache
 
 
@@ -184,7 +180,7 @@ def train_fold(cfg: TrainConfig, info: DistInfo, images: pd.DataFrame, folds: pd
         batches, val_batches = train_loader, val_loader
         if not stage.train_backbone and cfg.feature_cache and not cfg.use_aos_hallucination:
             if caches is None:
-                caches = _build_feature_caches(model, cfg, info, train, val, tf, depth, is_val, halves, stats, extras, per_rank_batch)
+                caches = _build_feature_caches(model, cfg, info, train_ds, val_ds, per_rank_batch)
             batches = CachedBatches(caches[0], sampler, per_rank_batch, cfg.seed + fold)
             val_batches = CachedValidation(caches[1], per_rank_batch)
         wrapped = DDP(model, device_ids=[info.device.index] if info.device.type == "cuda" else None) if info.distributed else model
