@@ -90,7 +90,9 @@ class TrainConfig:
     cross_view_weight: float = opt(0.1, "weight of the cross-view loss", "advanced")
     use_depth: bool = opt(True, "Depth Anything V2 depth features (--no-use-depth: no depth at all)", "advanced")
     depth_attention: bool = opt(True, "depth-guided attention pooling of patch tokens (needs --use-depth)", "advanced")
-    depth_model_size: str = opt("small", "Depth Anything V2 size", "advanced", choices=DEPTH_SIZES)
+    depth_model_size: str = opt("small", "Depth Anything V2 size whose depth cache is read; the depth model runs "
+                                "once in python -m src.depth_cache, so it costs training no GPU memory", "advanced",
+                                choices=DEPTH_SIZES)
     depth_model: str = opt("", "Depth Anything V2 hub id or local dir (default: the hub id of --depth-model-size)", "advanced")
     depth_cache_dir: str = opt("results/depth", "folder of depth caches (<dir>/<size>/<split>.safetensors)", "advanced")
     depth_resolution: int = opt(64, "pixels per side of each cached half depth map", "advanced")
@@ -133,6 +135,8 @@ class TrainConfig:
     n_folds: int = opt(5, "number of folds", "cv")
     folds: list = opt([], "folds to train", "cv", nargs="+", type=int)
     cv_strategy: str = opt("group_location", "fold strategy with --no-predefined-folds", "cv", choices=CV_STRATEGIES)
+    fold_seed: int = opt(42, "seed of the folds built with --no-predefined-folds; not --seed, so models with "
+                         "different seeds are validated on the same folds and their OOF can be blended", "cv")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -248,6 +252,20 @@ def validate(cfg: TrainConfig, source: str = "config") -> None:
     for name in weights:
         if getattr(cfg, name) < 0:
             raise UserError(f"{source}: {flag(name)} must be >= 0")
+
+
+def idle_flags(cfg: TrainConfig) -> list[str]:
+    """Flags set away from their default that cannot act in this run: the trainer says so once."""
+    moved = lambda name: getattr(cfg, name) != FIELDS[name].default  # noqa: E731
+    out = []
+    if cfg.use_predefined_folds:
+        out += [f"{flag(n)} acts only with --no-predefined-folds; the folds come from --fold-csv"
+                for n in ("cv_strategy", "fold_seed") if moved(n)]  # fmt: skip
+    if cfg.two_stage and moved("epochs"):
+        out.append("--epochs acts only with --no-two-stage; two stages run --freeze-epochs, then --stage2-epochs")
+    if not cfg.use_depth and moved("depth_model_size"):
+        out.append("--depth-model-size acts only with --use-depth")
+    return out
 
 
 def to_argv(values: dict[str, Any]) -> list[str]:

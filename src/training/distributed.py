@@ -67,8 +67,9 @@ def barrier(info: DistInfo) -> None:
         dist.barrier()
 
 
-def per_rank_batch(batch_size: int, info: DistInfo) -> int:
-    """``--batch-size`` is the effective batch; each rank takes an equal share of it."""
+def per_rank_batch(batch_size: int, info: DistInfo, grad_accum: int = 1) -> int:
+    """``--batch-size`` is the effective batch of one forward pass; each rank takes an equal share
+    of it. One update sees ``grad_accum`` of them."""
     if batch_size < info.world_size:
         raise UserError(f"--batch-size {batch_size} is smaller than the {info.world_size} DDP ranks; use at least {info.world_size}")
     if batch_size % info.world_size:
@@ -78,7 +79,8 @@ def per_rank_batch(batch_size: int, info: DistInfo) -> int:
         )
     per = batch_size // info.world_size
     if info.distributed and info.is_main:
-        print(f"DDP batch adjustment: {batch_size} → {per}/GPU (effective: {batch_size})", flush=True)
+        effective = f"{batch_size}" if grad_accum == 1 else f"{batch_size * grad_accum} = {batch_size} x --grad-accum {grad_accum}"
+        print(f"DDP batch adjustment: {batch_size} → {per}/GPU (effective: {effective})", flush=True)
     return per
 
 

@@ -166,7 +166,7 @@ def train_fold(cfg: TrainConfig, info: DistInfo, images: pd.DataFrame, folds: pd
     if info.is_main and resume_opt is None:
         print(f"fold {fold}: {len(train)} train / {len(val)} val images, {steps} updates per epoch", flush=True)
 
-    hints = Hints()
+    hints = Hints(cfg)
     stages = plan_stages(cfg)
     caches = None  # (train, val) frozen-feature caches, built when a frozen stage first needs them
     for si in range(state.stage, len(stages)):

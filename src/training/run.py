@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from src.config import TrainConfig
+from src.config import TrainConfig, idle_flags
 from src.data import image_cache
 from src.data.depth import load_for_config
 from src.data.folds import make_folds, read_fold_csv
@@ -25,7 +25,7 @@ def resolve_folds(cfg: TrainConfig, images: pd.DataFrame) -> pd.Series:
     if cfg.use_predefined_folds:
         folds = read_fold_csv(cfg.fold_csv, images, cfg.n_folds)
     else:
-        folds = make_folds(images, cfg.n_folds, cfg.cv_strategy, cfg.seed)["fold"]
+        folds = make_folds(images, cfg.n_folds, cfg.cv_strategy, cfg.fold_seed)["fold"]
     missing = [k for k in cfg.folds if k not in set(folds)]
     if missing:
         raise UserError(f"--folds {missing} not present in the folds ({sorted(set(folds))})")
@@ -39,10 +39,12 @@ def run(cfg: TrainConfig) -> dict | None:
     halves = image_cache.load_for_config(cfg, "train", images["image_id"].tolist())
     info = setup(cfg.device)
     try:
-        per_rank = per_rank_batch(cfg.batch_size, info)
+        per_rank = per_rank_batch(cfg.batch_size, info, cfg.grad_accum)
         todo = cfg.folds or sorted(set(folds))
         if info.is_main:
             print(f"device {info.device} x {info.world_size} | backbone {cfg.backbone_size} | folds {todo}", flush=True)
+            for line in idle_flags(cfg):
+                print(f"note: {line}", flush=True)
         for k in todo:
             train_fold(cfg, info, images, folds, k, per_rank, depth, halves)
         if not info.is_main:

@@ -1,0 +1,69 @@
+"""Flags act where the guide says, and say so where they cannot: folds, DDP batch line, hints."""
+
+import pandas as pd
+import pytest
+
+from src.config import TrainConfig, idle_flags, parse_config
+from src.data.schema import load_train
+from src.training.distributed import DistInfo, per_rank_batch
+from src.training.monitor import Hints
+from src.training.run import resolve_folds
+
+
+def test_built_folds_follow_the_fold_seed_not_the_model_seed(demo_data):
+    images = load_train(demo_data)
+    built = lambda **kw: resolve_folds(TrainConfig(use_predefined_folds=False, **kw), images)  # noqa: E731
+    pd.testing.assert_series_equal(built(seed=18), built(seed=123))  # the guide's ensemble members share folds
+    assert not built(fold_seed=1).equals(built(fold_seed=2))
+    assert not built(cv_strategy="kfold").equals(built(cv_strategy="group_location"))
+
+
+@pytest.mark.parametrize("argv, said", [
+    (["--cv-strategy", "kfold"], "--cv-strategy acts only with --no-predefined-folds"),
+    (["--fold-seed", "7"], "--fold-seed acts only with --no-predefined-folds"),
+    (["--epochs", "30"], "--epochs acts only with --no-two-stage"),
+    (["--no-use-depth", "--depth-model-size", "base"], "--depth-model-size acts only with --use-depth"),
+])  # fmt: skip
+def test_a_flag_that_cannot_act_says_so(argv, said):
+    assert any(said in line for line in idle_flags(parse_config(argv)))
+
+
+@pytest.mark.parametrize("argv", [["--no-predefined-folds", "--cv-strategy", "kfold", "--fold-seed", "7"],
+                                  ["--no-two-stage", "--epochs", "30"], ["--depth-model-size", "base"], []])
+def test_flags_that_act_say_nothing(argv):
+    assert idle_flags(parse_config(argv)) == []
+
+
+def test_ddp_line_counts_gradient_accumulation(capsys):
+    assert per_rank_batch(16, DistInfo(rank=0, world_size=2)) == 8
+    assert "DDP batch adjustment: 16 → 8/GPU (effective: 16)" in capsys.readouterr().out  # the guide's words
+    per_rank_batch(16, DistInfo(rank=0, world_size=2), grad_accum=2)
+    assert "(effective: 32 = 16 x --grad-accum 2)" in capsys.readouterr().out
+
+
+def _row(epoch, **kw):
+    return {"epoch": epoch, "train_loss": 1.0, "val_loss": 1.0, "r2_dead": 0.5, "r2_clover": 0.5, **kw}
+
+
+def _said(cfg, rows):
+    hints = Hints(cfg)
+    return [msg for r in rows for msg in hints.check(r["epoch"], r)]
+
+
+def test_hints_advise_only_what_the_run_can_still_try():
+    stalled = [_row(e, r2_dead=0.0, r2_clover=0.1) for e in range(25)]
+    plain = " ".join(_said(TrainConfig(), stalled))
+    assert "try --train-dead" in plain and "try --use-cross-view-consistency" in plain
+    tried = " ".join(_said(TrainConfig(train_dead=True, use_cross_view_consistency=True), stalled))
+    assert "--train-dead" not in tried and "--use-cross-view-consistency" not in tried
+    # --use-planthydra-loss refuses --train-dead: the guide's second option instead
+    hydra = " ".join(_said(parse_config(["--use-planthydra-loss"]), stalled))
+    assert "--train-dead" not in hydra and "try --use-presence-heads" in hydra
+
+
+def test_val_loss_increasing_and_overfitting_hints_fire():
+    rising = [_row(e, val_loss=1.0 + 0.1 * max(0, e - 3)) for e in range(12)]
+    assert any("val loss increasing" in m for m in _said(TrainConfig(), rising))
+    assert not any("val loss increasing" in m for m in _said(TrainConfig(), [_row(e) for e in range(12)]))
+    gap = [_row(e, train_loss=0.1, val_loss=0.5) for e in range(3)]
+    assert any("overfitting" in m for m in _said(TrainConfig(), gap))
