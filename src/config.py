@@ -68,7 +68,8 @@ class TrainConfig:
     cosine_weight: float = opt(0.4, "weight of the cosine loss", "loss")
     use_compositional: bool = opt(False, "direct heads for all five, penalise GDM=G+C and Total=G+D+C", "loss")
     compositional_weight: float = opt(0.1, "weight of the compositional penalty", "loss")
-    use_mass_balance: bool = opt(False, "physical mass balance: components never exceed the total", "loss")
+    use_mass_balance: bool = opt(False, "physical mass balance Green + Dead + Clover = Total, GDM = Green + Clover "
+                                 "(acts on free heads: --use-compositional / PlantHydra) and no negative mass", "loss")
     mass_balance_weight: float = opt(0.2, "weight of the mass-balance penalty", "loss")
 
     # --- auxiliary heads -----------------------------------------------------------------------

@@ -67,3 +67,32 @@ def test_val_loss_increasing_and_overfitting_hints_fire():
     assert not any("val loss increasing" in m for m in _said(TrainConfig(), [_row(e) for e in range(12)]))
     gap = [_row(e, train_loss=0.1, val_loss=0.5) for e in range(3)]
     assert any("overfitting" in m for m in _said(TrainConfig(), gap))
+
+
+def test_mass_balance_is_an_equality_that_acts_on_every_batch_of_free_heads(fold):
+    """Under PlantHydra (five free heads) the balance term is never idle, and minimising it alone
+    closes the gap Total - (Green + Dead + Clover)."""
+    import torch
+
+    from src.config import resolve
+    from src.losses import build_criterion
+    from src.models.biomass import BiomassModel
+    from src.targets import TARGETS
+
+    cfg = resolve(TrainConfig(backbone_size="tiny", backbone_weights="none", image_size=32, use_depth=False,
+                              use_planthydra_loss=True, use_mass_balance=True))  # fmt: skip
+    torch.manual_seed(0)
+    model = BiomassModel(cfg, fold["stats"], fold["extras"])
+    term = next(t for t in build_criterion(cfg, fold["stats"]).terms if t.name == "mass_balance")
+    opt = torch.optim.Adam(model.head.parameters(), lr=1e-2)
+    g, d, c, t = (TARGETS.index(k) for k in ("Dry_Green_g", "Dry_Dead_g", "Dry_Clover_g", "Dry_Total_g"))
+    gaps = []
+    for _ in range(30):
+        raw = model(fold["batch"])["raw"]
+        gaps.append(float((raw[:, t] - raw[:, g] - raw[:, d] - raw[:, c]).abs().mean()))
+        loss = term({"raw": raw}, fold["batch"])
+        assert float(loss.detach()) > 0  # the heads start at the per-target means, which do not balance in log space
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert gaps[-1] < 0.5 * gaps[0], gaps

@@ -4,8 +4,11 @@
   space, so the composition (shares of green, dead, clover) is learned apart from the amount.
 - ``compositional`` (--use-compositional): with a head per target, |GDM - (Green + Clover)| and
   |Total - (Green + Dead + Clover)| on the raw heads, in units of the Total's std.
-- ``mass_balance`` (--use-mass-balance): hinges where a component exceeds its total (Green or
-  Clover > GDM, GDM or Dead > Total) and on negative raw masses: an inequality, not the equality.
+- ``mass_balance`` (--use-mass-balance): the guide's "Green + Dead + Clover ≈ Total" as an
+  equality, SmoothL1 on Total - (Green + Dead + Clover) and GDM - (Green + Clover) of the raw
+  outputs, plus a hinge on negative raw masses. Derived targets obey the equalities by
+  construction, so with the default heads only the hinge can act (a derived Dead below 0); with
+  five free heads (--use-compositional, PlantHydra) the equalities act on every batch.
 - ``qc`` (--use-qc-plausibility): implausible outputs: negative masses, Clover > GDM, GDM > Total,
   and values beyond 1.5x the training fold's maximum.
 """
@@ -54,9 +57,11 @@ class MassBalance(_OnRaw):
         super().__init__("mass_balance", cfg.mass_balance_weight, stats)
 
     def forward(self, outputs, batch):
-        r = outputs["raw"]
-        over = F.relu(r[:, G] - r[:, GDM]) + F.relu(r[:, C] - r[:, GDM]) + F.relu(r[:, GDM] - r[:, T]) + F.relu(r[:, D] - r[:, T])
-        return (over + F.relu(-r).sum(-1)).mean() / self.unit
+        r = outputs["raw"] / self.unit
+        zero = r.new_zeros(len(r))
+        gaps = F.smooth_l1_loss(r[:, T] - r[:, G] - r[:, D] - r[:, C], zero, reduction="none") + F.smooth_l1_loss(
+            r[:, GDM] - r[:, G] - r[:, C], zero, reduction="none")
+        return (gaps + F.relu(-r).sum(-1)).mean()
 
 
 class Plausibility(_OnRaw):
