@@ -89,7 +89,7 @@ def test_mass_balance_is_an_equality_that_acts_on_every_batch_of_free_heads(fold
     gaps = []
     for _ in range(30):
         raw = model(fold["batch"])["raw"]
-        gaps.append(float((raw[:, t] - raw[:, g] - raw[:, d] - raw[:, c]).abs().mean()))
+        gaps.append(float((raw[:, t] - raw[:, g] - raw[:, d] - raw[:, c]).abs().mean().detach()))
         loss = term({"raw": raw}, fold["batch"])
         assert float(loss.detach()) > 0  # the heads start at the per-target means, which do not balance in log space
         opt.zero_grad()
