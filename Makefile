@@ -8,7 +8,7 @@ export DVC_NO_ANALYTICS := 1
 export PATH := $(CURDIR)/.venv/bin:$(PATH)
 DEMO_DIR := data/demo
 
-.PHONY: demo test test-slow lint bench clean-demo
+.PHONY: demo test test-slow lint bench clean-demo mutation
 
 .venv/.installed: requirements.txt
 	@test -x $(PY) || python3 -m venv .venv
@@ -42,3 +42,8 @@ clean-demo:
 # Speed benchmarks (not tests): JSON in benchmarks/results/ and a table.
 bench: .venv/.installed
 	python -m benchmarks.run
+
+# Mutation check of the guide's flags: each flag's effect is removed in turn and a test guarding
+# it must fail (tests/mutation/check.py; about 15 minutes here). Table: benchmarks/results/.
+mutation: .venv/.installed
+	python tests/mutation/check.py

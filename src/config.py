@@ -264,6 +264,9 @@ def idle_flags(cfg: TrainConfig) -> list[str]:
                 for n in ("cv_strategy", "fold_seed") if moved(n)]  # fmt: skip
     if cfg.two_stage and moved("epochs"):
         out.append("--epochs acts only with --no-two-stage; two stages run --freeze-epochs, then --stage2-epochs")
+    if cfg.two_stage and 0 < cfg.freeze_epochs <= cfg.stage1_patience:
+        out.append(f"--stage1-patience {cfg.stage1_patience} cannot end Stage 1 before --freeze-epochs "
+                   f"{cfg.freeze_epochs}: Stage 1 runs all {cfg.freeze_epochs} epochs")
     if not cfg.use_depth and moved("depth_model_size"):
         out.append("--depth-model-size acts only with --use-depth")
     return out

@@ -14,7 +14,21 @@ from pathlib import Path  # noqa: E402
 import pytest  # noqa: E402
 
 
-def pytest_collection_modifyitems(items):
+def pytest_addoption(parser):
+    parser.addoption("--guards", metavar="FLAG", help="run only the tests marked @pytest.mark.guards(FLAG) "
+                     "('any': every guard test); tests/mutation/check.py uses it")
+
+
+def guarded(item) -> set[str]:
+    return {flag for mark in item.iter_markers("guards") for flag in mark.args}
+
+
+def pytest_collection_modifyitems(config, items):
+    want = config.getoption("--guards")
+    if want:
+        keep = [item for item in items if (guarded(item) if want == "any" else want in guarded(item))]
+        config.hook.pytest_deselected(items=[item for item in items if item not in keep])
+        items[:] = keep
     # pytest-xdist hands tests out in collection order: a long test collected last would run alone.
     items.sort(key=lambda item: item.get_closest_marker("long") is None)
 

@@ -1,5 +1,6 @@
 """Depth Anything V2 caches, their refusal rules, pixel-aligned augmentation, and depth in the model."""
 
+import shutil
 import subprocess
 import sys
 
@@ -9,7 +10,8 @@ import pytest
 import torch
 
 from src.config import TrainConfig
-from src.data.depth import build_cache, cache_path, load_cache, read_metadata
+from src.data.depth import build_cache, cache_path, load_cache, load_for_config, read_metadata
+from src.data.schema import load_train
 from src.data.transforms import HalfTransform, depth_patch_features
 from src.errors import UserError
 from src.models.biomass import BiomassModel
@@ -62,6 +64,19 @@ def test_cache_with_other_settings_or_missing_is_refused(depth_env, demo_data, t
         load_cache(tmp_path / "nope.safetensors", ids, **kw)
 
 
+@pytest.mark.guards("--depth-model-size")
+def test_the_trainer_reads_the_cache_of_its_depth_model_size(depth_env, demo_data, tmp_path):
+    base = cache_path(tmp_path, "base", "train")  # only a 'base' cache exists here
+    base.parent.mkdir(parents=True)
+    shutil.copy(cache_path(depth_env["cache_dir"], "small", "train"), base)
+    ids = load_train(demo_data)["image_id"].tolist()
+    cfg = lambda size: TrainConfig(data_dir=str(demo_data), depth_cache_dir=str(tmp_path), depth_model=depth_env["model"],  # noqa: E731
+                                   depth_model_size=size)  # fmt: skip
+    assert load_for_config(cfg("base"), "train", ids).shape[0] == len(ids)
+    with pytest.raises(UserError, match="small"):
+        load_for_config(cfg("small"), "train", ids)
+
+
 def test_trainer_names_the_command_that_builds_a_missing_cache(demo_data, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "src.dinov3_train", "--data-dir", str(demo_data), "--fold-csv",
                            str(demo_data / "trainfold_group_location.csv"), "--backbone-size", "tiny",
@@ -110,6 +125,7 @@ def test_validation_transform_keeps_depth_as_is():
     np.testing.assert_allclose(feats[0].numpy(), expected, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.guards("--use-depth", "--no-use-depth", "--depth-attention", "--no-depth-attention")
 def test_depth_modules_join_and_leave_the_graph():
     base = dict(backbone_size="tiny", backbone_weights="none", image_size=32)
     off = BiomassModel(TrainConfig(**base, use_depth=False))

@@ -20,7 +20,11 @@ from src.training.engine import evaluate
 from src.training.feature_cache import CachedValidation, FeatureCache
 
 
-@pytest.mark.parametrize("flag", ["strong_aug", "use_perspective_jitter", "use_border_mask"])
+@pytest.mark.parametrize("flag", [
+    pytest.param("strong_aug", marks=pytest.mark.guards("--strong-aug", "--no-strong-aug")),
+    pytest.param("use_perspective_jitter", marks=pytest.mark.guards("--use-perspective-jitter")),
+    pytest.param("use_border_mask", marks=pytest.mark.guards("--use-border-mask")),
+])  # fmt: skip
 def test_cached_stage1_sees_the_training_augmentation(demo_data, tmp_path, flag):
     """Head-only training on the feature cache (guide Phase 1.2): each augmentation flag changes
     what the heads learn, as it does on the live backbone."""

@@ -40,6 +40,12 @@ FEATURES = {
     "cross_view": ({"use_cross_view_consistency": True}, {"cross_view"}, set()),
 }
 DEFAULT_TERMS = {"smoothl1"}
+GUARDS = {"log_transform": "--use-log-transform", "cosine": "--use-cosine-sim", "compositional": "--use-compositional",
+          "planthydra": "--use-planthydra-loss", "mass_balance": "--use-mass-balance", "huber": "--use-huber",
+          "height": "--use-height-head", "ndvi": "--use-ndvi-head", "species": "--use-species-head",
+          "species_prior": "--use-species-prior", "aos": "--use-aos-hallucination", "state_scaling": "--use-state-scaling",
+          "uncertainty": "--use-uncertainty", "qc": "--use-qc-plausibility", "presence": "--use-presence-heads",
+          "cross_view": "--use-cross-view-consistency"}  # fmt: skip
 
 
 def _build(fold, low_total: bool = False, **flags):
@@ -72,7 +78,7 @@ def _step(model, crit, batch, steps: int = 2):
     return first, {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
-@pytest.mark.parametrize("name", list(FEATURES))
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.guards(GUARDS[n], "--smoothl1")) for n in FEATURES])
 def test_feature_changes_the_computation_and_off_removes_it(fold, name):
     flags, terms, modules = FEATURES[name]
     low = name in ("mass_balance", "qc")
@@ -144,6 +150,7 @@ def test_bad_combinations_are_refused(argv, words):
         parse_config(argv)
 
 
+@pytest.mark.guards("--use-planthydra-loss", "--no-use-depth")
 def test_planthydra_expands_into_its_parts():
     cfg = parse_config(["--use-planthydra-loss"])
     assert cfg.use_log_transform and cfg.use_cosine_sim and cfg.use_compositional

@@ -10,6 +10,7 @@ from src.training.monitor import Hints
 from src.training.run import resolve_folds
 
 
+@pytest.mark.guards("--cv-strategy", "--no-predefined-folds")
 def test_built_folds_follow_the_fold_seed_not_the_model_seed(demo_data):
     images = load_train(demo_data)
     built = lambda **kw: resolve_folds(TrainConfig(use_predefined_folds=False, **kw), images)  # noqa: E731
@@ -18,18 +19,33 @@ def test_built_folds_follow_the_fold_seed_not_the_model_seed(demo_data):
     assert not built(cv_strategy="kfold").equals(built(cv_strategy="group_location"))
 
 
+@pytest.mark.guards("--use-predefined-folds", "--fold-csv", "--n-folds", "--no-predefined-folds")
+def test_predefined_folds_come_from_the_fold_csv_and_built_ones_number_n_folds(demo_data, tmp_path):
+    import numpy as np
+
+    images = load_train(demo_data)
+    mine = pd.DataFrame({"image_id": images["image_id"], "fold": np.arange(len(images)) % 3})
+    mine.to_csv(tmp_path / "mine.csv", index=False)
+    read = resolve_folds(TrainConfig(fold_csv=str(tmp_path / "mine.csv"), n_folds=3), images)
+    assert read.tolist() == mine["fold"].tolist()
+    built = resolve_folds(TrainConfig(use_predefined_folds=False, n_folds=3), images)
+    assert sorted(set(built)) == [0, 1, 2] and built.tolist() != mine["fold"].tolist()
+
+
 @pytest.mark.parametrize("argv, said", [
     (["--cv-strategy", "kfold"], "--cv-strategy acts only with --no-predefined-folds"),
     (["--fold-seed", "7"], "--fold-seed acts only with --no-predefined-folds"),
     (["--epochs", "30"], "--epochs acts only with --no-two-stage"),
     (["--no-use-depth", "--depth-model-size", "base"], "--depth-model-size acts only with --use-depth"),
+    (["--freeze-epochs", "10"], "--stage1-patience 10 cannot end Stage 1 before --freeze-epochs 10"),
 ])  # fmt: skip
 def test_a_flag_that_cannot_act_says_so(argv, said):
     assert any(said in line for line in idle_flags(parse_config(argv)))
 
 
 @pytest.mark.parametrize("argv", [["--no-predefined-folds", "--cv-strategy", "kfold", "--fold-seed", "7"],
-                                  ["--no-two-stage", "--epochs", "30"], ["--depth-model-size", "base"], []])
+                                  ["--no-two-stage", "--epochs", "30"], ["--depth-model-size", "base"], [],
+                                  ["--freeze-epochs", "10", "--stage1-patience", "5"]])
 def test_flags_that_act_say_nothing(argv):
     assert idle_flags(parse_config(argv)) == []
 

@@ -7,7 +7,6 @@ import pytest
 import torch
 
 from src.config import TrainConfig, resolve
-from src.data.schema import load_train
 from src.losses import build_criterion
 from src.losses.regression import HuberDead
 from src.models.biomass import BiomassModel
@@ -127,6 +126,7 @@ def _schedule(cfg, epochs=6, steps=5, train_backbone=True):
     return [lr["heads"] for lr in lrs], [lr.get("backbone") for lr in lrs]
 
 
+@pytest.mark.guards("--lr", "--backbone-lr", "--warmup-epochs")
 def test_warmup_rises_to_the_configured_lrs_then_decays_to_a_floor_of_each():
     # values away from the defaults, so a flag whose read fell back to its default would show
     cfg = TrainConfig(**BASE, lr=3e-4, backbone_lr=2e-5, warmup_epochs=2.0)

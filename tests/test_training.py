@@ -149,6 +149,7 @@ def test_kill_between_weights_and_state_writes_still_resumes(demo_data, tmp_path
     _assert_resumed_like(tmp_path / "full/fold0", fold)
 
 
+@pytest.mark.guards("--lr-mult", "--backbone-size")
 def test_layer_decay_gives_backbone_blocks_different_lrs():
     cfg = TrainConfig(backbone_size="tiny", backbone_weights="none", image_size=32, lr_mult=0.5, warmup_epochs=0)
     model = BiomassModel(cfg)
@@ -177,6 +178,7 @@ def test_local_backbone_weights_file_is_loaded(tmp_path):
     assert not torch.equal(fresh.blocks[0].attn.qkv.weight, src.blocks[0].attn.qkv.weight)
 
 
+@pytest.mark.guards("--freeze-backbone", "--no-two-stage")
 def test_frozen_stage_leaves_backbone_untouched(demo_data, tmp_path):
     out = tmp_path / "frozen"
     _train(demo_data, out, "--folds", "0", "--no-two-stage", "--freeze-backbone", "--epochs", "2", "--batch-size", "8")

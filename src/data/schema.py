@@ -76,6 +76,15 @@ def image_problem(path: Path) -> str | None:
     return None
 
 
+def photo_sizes(data_dir: str | Path, images: pd.DataFrame) -> list[tuple[int, int]]:
+    """(width, height) of each image's photo, from its header."""
+    out = []
+    for rel in images["image_path"]:
+        with Image.open(Path(data_dir) / rel) as im:
+            out.append(im.size)
+    return out
+
+
 def _check_image_paths(df: pd.DataFrame, data_dir: Path, path: Path, check_images: bool) -> None:
     """Paths must stay inside ``data_dir``; with ``check_images`` each distinct file must open."""
     root = data_dir.resolve()

@@ -14,7 +14,7 @@ from src.config import TrainConfig, idle_flags
 from src.data import image_cache
 from src.data.depth import load_for_config
 from src.data.folds import make_folds, read_fold_csv
-from src.data.schema import load_train
+from src.data.schema import load_train, photo_sizes
 from src.errors import UserError
 from src.oof import merge_oof
 from src.training.distributed import cleanup, per_rank_batch, setup
@@ -32,6 +32,18 @@ def resolve_folds(cfg: TrainConfig, images: pd.DataFrame) -> pd.Series:
     return folds
 
 
+def data_notes(cfg: TrainConfig, images: pd.DataFrame) -> list[str]:
+    """Flags that cannot act on these photos (``idle_flags`` covers what the config alone shows)."""
+    if not cfg.use_pad_to_square:
+        return []
+    sizes = sorted(set(photo_sizes(cfg.data_dir, images)))
+    if all(w == 2 * h for w, h in sizes):  # both halves square: nothing to pad
+        shown = ", ".join(f"{w}x{h}" for w, h in sizes[:5])
+        return [f"--use-pad-to-square acts only on photos whose halves are not square; these photos are {shown} "
+                "(halves square): it changes nothing here"]
+    return []
+
+
 def run(cfg: TrainConfig) -> dict | None:
     images = load_train(cfg.data_dir)
     folds = resolve_folds(cfg, images)
@@ -43,7 +55,7 @@ def run(cfg: TrainConfig) -> dict | None:
         todo = cfg.folds or sorted(set(folds))
         if info.is_main:
             print(f"device {info.device} x {info.world_size} | backbone {cfg.backbone_size} | folds {todo}", flush=True)
-            for line in idle_flags(cfg):
+            for line in idle_flags(cfg) + data_notes(cfg, images):
                 print(f"note: {line}", flush=True)
         for k in todo:
             train_fold(cfg, info, images, folds, k, per_rank, depth, halves)
