@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -144,6 +145,10 @@ class TrainConfig:
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+# Settings that do not change what a fold learns (where it runs, where files are): a resume may
+# differ in these, and fold models that differ only in these are one model.
+RUNTIME_ONLY = {"resume", "num_workers", "device", "output_dir", "folds", "data_dir", "fold_csv", "depth_cache_dir",
+                "image_cache_dir"}
 
 
 def flag(name: str) -> str:
@@ -194,9 +199,27 @@ def from_dict(values: dict[str, Any], source: str = "config") -> TrainConfig:
     unknown = sorted(set(values) - set(FIELDS))
     if unknown:
         raise UserError(f"{source}: unknown key(s) {', '.join(unknown)}; keys are the trainer's flag names with '_'")
-    cfg = TrainConfig(**values)
+    cfg = TrainConfig(**{k: _typed(k, v, source) for k, v in values.items()})
     validate(cfg, source)
     return resolve(cfg)
+
+
+def _typed(name: str, value: Any, source: str) -> Any:
+    """``value`` as the field's type, or one line naming the key, the value and the type it needs.
+    YAML and Snakemake overrides arrive untyped: "8" is not 8, and "no" is not False."""
+    f = FIELDS[name]
+    default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+    want = type(default)
+    ok = (isinstance(value, bool) if want is bool
+          else isinstance(value, int) and not isinstance(value, bool) if want is int
+          else isinstance(value, (int, float)) and not isinstance(value, bool) if want is float
+          else isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+          if want is list else isinstance(value, want))  # fmt: skip
+    if not ok:
+        kind = {bool: "true or false", int: "an integer", float: "a number", list: "a list of integers",
+                str: "a string"}[want]  # fmt: skip
+        raise UserError(f"{source}: {name} = {value!r} ({type(value).__name__}) must be {kind}, like {default!r}")
+    return float(value) if want is float else value
 
 
 def resolve(cfg: TrainConfig) -> TrainConfig:
@@ -210,10 +233,10 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
 
 def parse_config(argv=None) -> TrainConfig:
     args = vars(build_parser().parse_args(argv))
-    values = load_yaml(args.pop("config")) if args.get("config") else {}
-    args.pop("config", None)
+    path = args.pop("config", None)
+    values = load_yaml(path) if path else {}
     values.update(args)
-    return from_dict(values)
+    return from_dict(values, source=f"{path} / command line" if path else "command line")
 
 
 def validate(cfg: TrainConfig, source: str = "config") -> None:
@@ -235,8 +258,21 @@ def validate(cfg: TrainConfig, source: str = "config") -> None:
     if bad:
         raise UserError(f"{source}: --folds {bad} outside 0..{cfg.n_folds - 1}")
     for name in ("lr", "backbone_lr", "lr_mult"):
-        if getattr(cfg, name) <= 0:
-            raise UserError(f"{source}: {flag(name)} must be > 0")
+        if not math.isfinite(getattr(cfg, name)) or getattr(cfg, name) <= 0:
+            raise UserError(f"{source}: {flag(name)} {getattr(cfg, name)} must be a finite number > 0")
+    for name in ("weight_decay", "grad_clip", "warmup_epochs", "huber_delta", "species_prior_strength"):
+        if not math.isfinite(getattr(cfg, name)):
+            raise UserError(f"{source}: {flag(name)} {getattr(cfg, name)} must be a finite number")
+    for name in ("epochs", "freeze_epochs", "stage2_epochs", "num_workers", "seed", "fold_seed", "weight_decay",
+                 "grad_clip", "warmup_epochs"):  # fmt: skip
+        if getattr(cfg, name) < 0:
+            raise UserError(f"{source}: {flag(name)} {getattr(cfg, name)} must be >= 0")
+    if cfg.stage1_patience < 1:
+        raise UserError(f"{source}: --stage1-patience {cfg.stage1_patience} must be >= 1 (epochs without gain)")
+    planned = cfg.freeze_epochs + cfg.stage2_epochs if cfg.two_stage else cfg.epochs
+    if planned == 0:
+        which = "--freeze-epochs and --stage2-epochs are" if cfg.two_stage else "--epochs is"
+        raise UserError(f"{source}: {which} 0: nothing to train")
     if cfg.use_aos_hallucination and not cfg.use_ndvi_head:
         raise UserError(f"{source}: --use-aos-hallucination needs --use-ndvi-head (it makes the NDVI head lighting-invariant)")
     if cfg.use_species_prior and not cfg.use_species_head:
@@ -251,8 +287,8 @@ def validate(cfg: TrainConfig, source: str = "config") -> None:
     weights = ("cosine_weight", "compositional_weight", "mass_balance_weight", "height_weight", "ndvi_weight",
                "aux_species_weight", "aos_weight", "cross_view_weight", "qc_weight")  # fmt: skip
     for name in weights:
-        if getattr(cfg, name) < 0:
-            raise UserError(f"{source}: {flag(name)} must be >= 0")
+        if not getattr(cfg, name) >= 0 or not math.isfinite(getattr(cfg, name)):
+            raise UserError(f"{source}: {flag(name)} must be a finite number >= 0")
 
 
 def idle_flags(cfg: TrainConfig) -> list[str]:

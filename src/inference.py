@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -23,10 +24,11 @@ import yaml
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from src.config import TrainConfig
+from src.config import RUNTIME_ONLY, TrainConfig
 from src.data import schema
 from src.data.dataset import BiomassDataset
 from src.data.depth import depth_key, load_for_config, photo_depth
+from src.data.photos import read_rgb
 from src.data.transforms import HalfTransform
 from src.errors import UserError
 from src.models.biomass import EXPORTS, BiomassModel, export_frame
@@ -52,10 +54,11 @@ def _fold_number(fold_dir: Path) -> int | None:
     return int(m.group(1)) if m else None
 
 
-def load_fold_models(model_dir: str | Path, device: torch.device | str = "cpu") -> list[FoldModel]:
+def load_fold_models(model_dir: str | Path, device: torch.device | str = "cpu", allow_mixed: bool = False) -> list[FoldModel]:
     """Every ``fold<k>/best.safetensors`` under ``model_dir`` with its ``config.yaml``, in fold
     order, in eval mode on ``device``. The backbone is built without hub access; all weights
-    (and the ``target_scale`` buffer) come from the checkpoint, loaded strictly."""
+    (and the ``target_scale`` buffer) come from the checkpoint, loaded strictly. Fold models
+    trained with different settings are refused (``allow_mixed``: averaged, with a warning)."""
     model_dir = Path(model_dir)
     device = torch.device(device)
     if not model_dir.is_dir():
@@ -87,7 +90,21 @@ def load_fold_models(model_dir: str | Path, device: torch.device | str = "cpu") 
                 f"{ckpt}: cannot load into the model described by its config.yaml ({first}); retrain fold {k}"
             )
         models.append((k, cfg, model.to(device).eval()))
+    _check_alike(model_dir, models, allow_mixed)
     return models
+
+
+def _check_alike(model_dir: Path, models: list[FoldModel], allow_mixed: bool) -> None:
+    """One model's folds must be one model: same settings but where it ran."""
+    (k0, cfg0, _), learnt = models[0], lambda c: {n: v for n, v in c.to_dict().items() if n not in RUNTIME_ONLY}  # noqa: E731
+    for k, cfg, _ in models[1:]:
+        diff = sorted(n for n, v in learnt(cfg).items() if learnt(cfg0).get(n) != v)
+        if diff:
+            shown = ", ".join(f"{n} {getattr(cfg0, n)!r} vs {getattr(cfg, n)!r}" for n in diff[:4])
+            msg = f"--model-dir {model_dir}: fold{k0} and fold{k} were trained with different settings ({shown})"
+            if not allow_mixed:
+                raise UserError(f"{msg}; retrain the odd folds alike, or pass --allow-mixed-folds to average them anyway")
+            print(f"warning: {msg}; averaging them anyway (--allow-mixed-folds)", file=sys.stderr)
 
 
 # --- images --------------------------------------------------------------------------------------
@@ -99,11 +116,7 @@ def check_photos(paths: Sequence[str | Path]) -> list[Path]:
         raise UserError("--images: give at least one photo")
     out = []
     for p in map(Path, paths):
-        problem = schema.image_problem(p)
-        if problem == "missing":
-            raise UserError(f"photo {p}: file not found; check the path")
-        if problem:
-            raise UserError(f"photo {p}: not a readable image; give a JPEG or PNG photo of the quadrat")
+        read_rgb(p)  # a handful of the user's photos: decode each fully, so a damaged one is named here
         out.append(p.resolve())
     return out
 
@@ -208,8 +221,8 @@ def predict_images(
                                     extra[key][idx] += out[key].float().cpu().numpy() / len(views)
                                     contributors.setdefault(key, set()).add(id(model))
                     bar.update(1)
-            except OSError as exc:  # read_rgb: "cannot read image <path>"
-                raise UserError(f"{exc}; replace the image or drop it")
+            except UserError as exc:  # read_rgb in a loader worker: the worker's traceback, then our line
+                raise UserError(str(exc).strip().splitlines()[-1].split("UserError: ", 1)[-1])
     pred = total / len(models)
     check_predictions(pred)
     if exports is not None:

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
+
+from src.errors import UserError
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -23,6 +27,14 @@ def atomic_path(path: str | os.PathLike):
         yield Path(tmp)
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; results are for everyone who can read the folder
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as exc:  # torch.save reports a full disk as a RuntimeError
+        code = getattr(exc, "errno", None)
+        if code == errno.EROFS:
+            raise UserError(f"could not write {path}: its file system is read-only; write the results elsewhere") from exc
+        if code not in (errno.ENOSPC, errno.EDQUOT) and shutil.disk_usage(path.parent).free >= 2**20:
+            raise
+        raise UserError(f"could not write {path}: no space left on its disk (or quota); free some space and run "
+                        "again (the file before this write is intact; --resume continues a training run)") from exc
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)

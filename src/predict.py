@@ -46,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=True,
         help="average identity, horizontal and vertical flips (default: on)",
     )
+    p.add_argument("--allow-mixed-folds", action="store_true",
+                   help="average fold models trained with different settings (refused by default), with a warning")
     p.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default: 8)")
     p.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes (default: 0)")
     p.add_argument(
@@ -72,7 +74,7 @@ def main(argv=None) -> None:
     _check_args(args)
     photos = check_photos(args.images) if args.images else None
     device = pick_device(args.device)
-    models = load_fold_models(args.model_dir, device)
+    models = load_fold_models(args.model_dir, device, allow_mixed=args.allow_mixed_folds)
     kw = dict(tta=args.tta, batch_size=args.batch_size, device=device, num_workers=args.num_workers)
     print(
         f"{len(models)} fold model(s) {[k for k, _, _ in models]} on {device}, TTA {'on' if args.tta else 'off'}",

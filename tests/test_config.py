@@ -1,5 +1,6 @@
 """Flags: declared once, every guide flag present, YAML + CLI precedence, clear errors."""
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -79,3 +80,24 @@ def test_cli_errors_are_one_line_exit_2(demo_data, tmp_path):
     proc = _cli("--backbone-size", "gigantic")
     assert proc.returncode == 2 and "invalid choice" in proc.stderr and "--help" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1  # not argparse's 80-line usage
+
+
+@pytest.mark.parametrize("yaml_text, argv, said", [
+    ("lr: fast\n", [], "lr = 'fast' (str) must be a number"),
+    ("batch_size: '8'\n", [], "batch_size = '8' (str) must be an integer"),
+    ("folds: 1\n", [], "folds = 1 (int) must be a list of integers"),
+    ("use_depth: 'no'\n", [], "use_depth = 'no' (str) must be true or false"),
+    ("", ["--lr", "nan"], "--lr nan must be a finite number > 0"),
+    ("", ["--backbone-lr", "inf"], "--backbone-lr inf must be a finite number > 0"),
+    ("", ["--num-workers", "-1"], "--num-workers -1 must be >= 0"),
+    ("", ["--no-two-stage", "--epochs", "-3"], "--epochs -3 must be >= 0"),
+    ("", ["--freeze-epochs", "0", "--stage2-epochs", "0"], "nothing to train"),
+    ("", ["--grad-clip", "-1"], "--grad-clip -1.0 must be >= 0"),
+    ("", ["--stage1-patience", "0"], "--stage1-patience 0 must be >= 1"),
+])  # fmt: skip
+def test_values_are_checked_against_the_field_types_and_ranges(tmp_path, yaml_text, argv, said):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml_text or "{}\n")
+    with pytest.raises(UserError, match=re.escape(said)) as exc:
+        parse_config(["--config", str(path), *argv])
+    assert str(path) in str(exc.value) and "\n" not in str(exc.value)

@@ -143,7 +143,7 @@ def test_compositional_inference_reconciles_five_heads(fold):
     (["--use-species-prior"], "needs --use-species-head"),
     (["--use-planthydra-loss", "--train-dead"], "drop --train-dead"),
     (["--use-compositional", "--no-train-clover"], "drop --train-dead / --no-train-clover"),
-    (["--cosine-weight", "-1"], "--cosine-weight must be >= 0"),
+    (["--cosine-weight", "-1"], "--cosine-weight must be a finite number >= 0"),
 ])  # fmt: skip
 def test_bad_combinations_are_refused(argv, words):
     with pytest.raises(UserError, match=words):

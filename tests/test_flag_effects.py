@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 
 from src.config import TrainConfig, resolve
 from src.data.folds import make_folds
+from src.data.photos import check_photos
 from src.data.schema import load_train
 from src.losses import build_criterion
 from src.models.biomass import BiomassModel
@@ -74,7 +75,7 @@ def test_accumulating_two_batches_of_8_is_one_batch_of_16(demo_data, tmp_path):
     b8 = _run(demo_data, tmp_path / "b8", batch_size=8)
     assert _same(b16, b8x2, atol=1e-5)
     assert not _same(b16, b8, atol=1e-5)
-    assert sorted(p.name for p in (tmp_path / "b16").iterdir()) == ["fold0"]  # --folds 0: that fold only
+    assert sorted(p.name for p in (tmp_path / "b16").glob("fold*")) == ["fold0"]  # --folds 0: that fold only
 
 
 @guards("--grad-clip")
@@ -116,7 +117,7 @@ def test_pad_to_square_changes_what_is_learnt_from_oblong_halves(oblong, tmp_pat
 
 @guards("--use-pad-to-square")
 def test_pad_to_square_on_square_halves_says_it_cannot_act(demo_data, oblong):
-    notes = lambda data, **kw: run_module.data_notes(TrainConfig(data_dir=str(data), **kw), load_train(data))  # noqa: E731
+    notes = lambda data, **kw: run_module.data_notes(TrainConfig(**kw), check_photos(data, load_train(data)))  # noqa: E731
     said = " ".join(notes(demo_data, use_pad_to_square=True))
     assert "--use-pad-to-square acts only on photos whose halves are not square; these photos are 256x128" in said
     assert notes(oblong, use_pad_to_square=True) == [] and notes(demo_data) == []

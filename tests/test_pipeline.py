@@ -63,6 +63,8 @@ def test_slurm_profile_dry_run_asks_for_gpus_and_torchrun(repo):
     ({"data_dir": "nowhere", "demo_data": None}, "has no train.csv"),
     ({"folds": {"n_folds": 1}}, "n_folds is 1"),
     ({"trainer_overrides": {"image_size": 30}}, "multiple of 16"),
+    ({"trainer_overrides": {"use_depth": "no"}}, "use_depth = 'no' (str) must be true or false"),
+    ({"trainer_overrides": {"batch_size": "8"}}, "batch_size = '8' (str) must be an integer"),
 ])  # fmt: skip
 def test_wrong_config_stops_before_any_job(repo, edit, words):
     cfg = yaml.safe_load((repo / "config/test.yaml").read_text())
@@ -78,6 +80,19 @@ def test_wrong_config_stops_before_any_job(repo, edit, words):
     assert out.returncode != 0
     assert words in out.stdout + out.stderr
     assert not (repo / "results").exists() and not (repo / "data").exists()
+
+
+def test_paths_with_spaces_quotes_and_dollars_are_one_argument_each(repo):
+    """Every value a rule interpolates is quoted: such paths work, and nothing in them runs."""
+    cfg = yaml.safe_load((repo / "config/test.yaml").read_text())
+    data, results = "data/my data's $(touch INJECTED1)", "results/r;touch INJECTED2 $HOME"
+    cfg.update(data_dir=data, results_dir=results)
+    (repo / "config/odd.yaml").write_text(yaml.safe_dump(cfg))
+    _snake("--configfile", "config/odd.yaml", "--cores", "1", f"{data}/trainfold_group_location.csv", cwd=repo)
+    folds = pd.read_csv(repo / data / "trainfold_group_location.csv")
+    assert len(folds) == cfg["demo_data"]["n_train"] and folds["fold"].nunique() == cfg["folds"]["n_folds"]
+    assert (repo / results / "logs/folds.log").exists()
+    assert not list(repo.rglob("INJECTED*"))
 
 
 def _dvc(*args, cwd):
@@ -133,6 +148,20 @@ def test_pipeline_runs_and_round_trips_through_dvc(repo, tmp_path):
     _snake("--touch", "--configfile", "config/roundtrip.yaml", cwd=clone)
     dry = _snake("-n", "--configfile", "config/roundtrip.yaml", cwd=clone)
     assert "Nothing to be done" in dry.stdout + dry.stderr
+
+    # A result matches its inputs: new folds retrain every fold, although the train jobs pass --resume
+    # and each fold's saved state is there.
+    old = pd.read_csv(clone / cfg["folds"]["csv"]).set_index("image_id")["fold"]
+    cfg["folds"]["seed"] = 7
+    (clone / "config/roundtrip.yaml").write_text(yaml.safe_dump(cfg))
+    _snake("--configfile", "config/roundtrip.yaml", cwd=clone)
+    new = pd.read_csv(clone / cfg["folds"]["csv"]).set_index("image_id")["fold"]
+    assert not new.equals(old)
+    for m in cfg["models"]:
+        oof = pd.read_parquet(clone / f"results/models/{m}/oof.parquet").set_index("image_id")
+        assert oof["fold"].equals(new.loc[oof.index]), m
+        log = (clone / f"results/logs/train/{m}_fold0.log").read_text()
+        assert "inputs changed since the saved run (fold assignment): starting over" in log, log[-2000:]
 
 
 def test_params_yaml_matches_the_real_config():

@@ -10,8 +10,9 @@ import pandas as pd
 import pytest
 import torch
 
-from src.data.dataset import read_rgb
+from src.data.photos import read_rgb
 from src.data.schema import load_train
+from src.errors import UserError
 from src.inference import load_fold_models, predict_images
 from src.predict import main
 from src.targets import G_PER_QUADRAT_TO_KG_PER_HA, TARGETS
@@ -196,3 +197,22 @@ def test_user_errors_exit_2_with_one_line(case, model_dir, demo_data, tmp_path, 
     assert err.startswith("error: ") and err.count("\n") == 1 and named in err, err
     if case in ("no checkpoints", "no model dir"):
         assert "python -m src.dinov3_train" in err
+
+
+def test_fold_models_trained_differently_are_refused_unless_allowed(model_dir, tmp_path, capfd):
+    import shutil
+
+    import yaml
+
+    mixed = tmp_path / "mixed"
+    shutil.copytree(model_dir, mixed)
+    cfg = yaml.safe_load((mixed / "fold1/config.yaml").read_text())
+    cfg.update(lr=0.5, stage2_epochs=9)  # another run's settings, same weight shapes
+    (mixed / "fold1/config.yaml").write_text(yaml.safe_dump(cfg))
+    with pytest.raises(UserError, match=r"fold0 and fold1 were trained with different settings \(lr 0.0002 vs 0.5, "
+                                        r"stage2_epochs 1 vs 9\); .* --allow-mixed-folds"):  # fmt: skip
+        load_fold_models(mixed, "cpu")
+    capfd.readouterr()
+    assert len(load_fold_models(mixed, "cpu", allow_mixed=True)) == 2
+    assert "averaging them anyway (--allow-mixed-folds)" in capfd.readouterr().err
+    assert len(load_fold_models(model_dir, "cpu")) == 2  # the same run's folds differ only in --folds

@@ -64,7 +64,7 @@ def test_bad_train_csv_gets_a_clear_error(demo_copy, case):
 def test_missing_and_unreadable_images(demo_copy):
     images = load_train(demo_copy)
     (demo_copy / images.image_path[0]).unlink()
-    with pytest.raises(UserError, match=rf"{images.image_id[0]}.jpg not found"):
+    with pytest.raises(UserError, match=rf"row 2: photo .*{images.image_id[0]}.jpg: file not found"):
         load_train(demo_copy)
     (demo_copy / images.image_path[0]).write_bytes(b"not a jpeg")
     with pytest.raises(UserError, match="not a readable image"):

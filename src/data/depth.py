@@ -19,7 +19,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm import tqdm
 
-from src.data.dataset import read_rgb
+from src.data.photos import read_rgb
 from src.data.schema import load_test, load_train
 from src.data.transforms import split_halves
 from src.errors import UserError

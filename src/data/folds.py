@@ -91,12 +91,25 @@ def read_fold_csv(path, images: pd.DataFrame, n_folds: int | None = None) -> pd.
     if folds.isna().any() or (folds < 0).any() or (folds != folds.round()).any():
         i = (folds.isna() | (folds < 0) | (folds != folds.round())).idxmax()
         raise UserError(f"{path}: row {i + 2}: fold {df.at[i, 'fold']!r} is not a non-negative integer")
+    rebuild = "rebuild it with python -m src.make_folds"
+    dup = df["image_id"].duplicated()
+    if dup.any():
+        i = dup.idxmax()
+        raise UserError(f"{path}: row {i + 2}: image {df.at[i, 'image_id']} has a second fold; give each image one row")
+    known = set(images["image_id"])
+    unknown = ~df["image_id"].isin(known)
+    if unknown.any():
+        i = unknown.idxmax()
+        raise UserError(f"{path}: row {i + 2}: image {df.at[i, 'image_id']} is not in train.csv ({int(unknown.sum())} such "
+                        f"rows): this fold CSV belongs to other data; {rebuild}")  # fmt: skip
+    if n_folds is not None and (folds >= n_folds).any():
+        i = (folds >= n_folds).idxmax()
+        raise UserError(f"{path}: row {i + 2}: fold {int(folds[i])} is outside 0..{n_folds - 1} (--n-folds {n_folds}); "
+                        f"fold ids must be 0..n_folds-1: {rebuild}")  # fmt: skip
     mapping = dict(zip(df["image_id"], folds.astype(int)))
     missing = [i for i in images["image_id"] if i not in mapping]
     if missing:
-        raise UserError(
-            f"{path}: image {missing[0]} ({len(missing)} in all) of train.csv has no fold; rebuild it with python -m src.make_folds"
-        )
+        raise UserError(f"{path}: image {missing[0]} ({len(missing)} in all) of train.csv has no fold; {rebuild}")
     out = images["image_id"].map(mapping).astype(int)
     if n_folds is not None and out.nunique() != n_folds:
         raise UserError(f"{path}: has {out.nunique()} folds but --n-folds is {n_folds}; make them agree")

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from src.data.dataset import read_rgb
+from src.data.photos import read_rgb
 from src.data.schema import load_test, load_train
 from src.data.transforms import split_halves, to_square
 from src.errors import UserError

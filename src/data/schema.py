@@ -12,8 +12,8 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 import pandas as pd
-from PIL import Image, UnidentifiedImageError
 
+from src.data.photos import photo_size
 from src.errors import UserError
 from src.targets import KAGGLE_ORDER, RELATION_TOLERANCE_G, TARGETS
 
@@ -64,27 +64,6 @@ def _numeric(df: pd.DataFrame, col: str, path: Path, allow_negative: bool = Fals
     return values
 
 
-def image_problem(path: Path) -> str | None:
-    """'missing', 'unreadable', or None for a file PIL can open (header check only, fast)."""
-    if not path.is_file():
-        return "missing"
-    try:
-        with Image.open(path) as im:
-            im.verify()
-    except (UnidentifiedImageError, OSError, SyntaxError):
-        return "unreadable"
-    return None
-
-
-def photo_sizes(data_dir: str | Path, images: pd.DataFrame) -> list[tuple[int, int]]:
-    """(width, height) of each image's photo, from its header."""
-    out = []
-    for rel in images["image_path"]:
-        with Image.open(Path(data_dir) / rel) as im:
-            out.append(im.size)
-    return out
-
-
 def _check_image_paths(df: pd.DataFrame, data_dir: Path, path: Path, check_images: bool) -> None:
     """Paths must stay inside ``data_dir``; with ``check_images`` each distinct file must open."""
     root = data_dir.resolve()
@@ -101,11 +80,10 @@ def _check_image_paths(df: pd.DataFrame, data_dir: Path, path: Path, check_image
             raise UserError(f"{path}: row {_line(i)}: image_path {rel!r} escapes {data_dir} (through a link); move the image inside it")
         if not check_images:
             continue
-        problem = image_problem(full)
-        if problem == "missing":
-            raise UserError(f"{path}: row {_line(i)}: image {data_dir / rel} not found; add the file or drop its rows")
-        if problem:
-            raise UserError(f"{path}: row {_line(i)}: image {data_dir / rel} is not a readable image; replace or drop it")
+        try:
+            photo_size(full)  # the header only: full decoding is the trainer's and the image cache's first pass
+        except UserError as exc:
+            raise UserError(f"{path}: row {_line(i)}: {exc}")
 
 
 def _check_sample_ids(df: pd.DataFrame, path: Path) -> pd.Series:

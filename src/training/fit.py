@@ -17,8 +17,9 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader, DistributedSampler
 
-from src.config import TrainConfig
+from src.config import RUNTIME_ONLY, TrainConfig
 from src.data.dataset import BiomassDataset, EpochIndices
+from src.data.fingerprint import fold_inputs
 from src.data.fold_stats import aux_targets, fold_statistics, vocabularies
 from src.data.transforms import HalfTransform
 from src.errors import UserError
@@ -28,6 +29,7 @@ from src.metrics import summary
 from src.models.biomass import BiomassModel, export_frame
 from src.targets import SHORT, TARGETS
 from src.training import checkpoint as ckpt
+from src.training import fold_files
 from src.training.distributed import DistInfo, all_equal_check, barrier
 from src.training.engine import evaluate, train_one_epoch
 from src.training.feature_cache import CachedBatches, CachedValidation, FeatureCache
@@ -146,12 +148,21 @@ def train_fold(cfg: TrainConfig, info: DistInfo, images: pd.DataFrame, folds: pd
 
     state, resume_opt = FoldState(), None
     last_w, last_s = fold_dir / "last.safetensors", fold_dir / "last_state.pt"
-    saved = ckpt.load_state(last_s) if cfg.resume and last_s.exists() else None
-    changed = _changed_settings(saved.get("config", {}), cfg) if saved else []
-    if saved and changed:
+    inputs = fold_inputs(images, folds, cfg.data_dir, depth)
+    saved, why = fold_files.saved_state(fold_dir) if cfg.resume else (None, "")
+    if saved is not None:
+        why = _why_not_resume(saved, cfg, inputs)
+        saved = None if why else saved
+    if saved is None:
+        # A fresh start leaves nothing of an earlier run in the folder: no old best, OOF or config
+        # can be mistaken for this run's.
+        if info.is_main and why:
+            print(f"fold {fold}: {why}: starting over", flush=True)
+        barrier(info)  # every rank has read the old state before rank 0 removes it
         if info.is_main:
-            print(f"fold {fold}: settings changed since the saved run ({', '.join(changed)}): starting over", flush=True)
-    elif saved:
+            fold_files.start_over(fold_dir)
+        barrier(info)
+    else:
         if "model" in saved:  # last_state.pt is the one commit point: a kill between two files cannot split it
             model.load_state_dict(saved["model"], strict=True)
         elif last_w.exists() and ckpt.weights_metadata(last_w).get("epoch") == str(saved["fold_state"]["epoch"]):
@@ -238,8 +249,8 @@ def train_fold(cfg: TrainConfig, info: DistInfo, images: pd.DataFrame, folds: pd
                 write_csv(fold_dir / "history.csv", pd.DataFrame(state.history))
                 ckpt.save_weights(model, last_w, metadata={"epoch": str(state.epoch)})
                 ckpt.save_state(last_s, {"fold_state": state.__dict__, "model": ckpt.cpu_state(model),
-                                         "optimizer": optimizer.state_dict(),
-                                         "scheduler": scheduler.state_dict(), "config": cfg.to_dict()})
+                                         "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                                         "config": cfg.to_dict(), "inputs": inputs})
             barrier(info)
             if stop_stage:
                 if info.is_main:
@@ -248,21 +259,29 @@ def train_fold(cfg: TrainConfig, info: DistInfo, images: pd.DataFrame, folds: pd
     result = fold_metrics(fold_dir, state)
     if info.is_main:
         # A finished fold needs no optimiser state to resume (it has nothing left to do): keep it small.
-        ckpt.save_state(last_s, {"fold_state": state.__dict__, "config": cfg.to_dict()})
+        ckpt.save_state(last_s, {"fold_state": state.__dict__, "config": cfg.to_dict(), "inputs": inputs})
+    if state.best_epoch < 0:
+        raise UserError(f"fold {fold}: no epoch gave a finite validation weighted_r2 in {state.epoch} epochs (the loss "
+                        f"diverged?); lower --lr / --backbone-lr. {fold_dir} has no best.safetensors, OOF or metrics.json")
+    if info.is_main:
         write_json(fold_dir / "metrics.json", result)
         print(f"fold {fold}: best weighted_r2 {state.best:.4f} at epoch {state.best_epoch}", flush=True)
     barrier(info)
     return result
 
 
-# Settings that do not change what a fold learns; a resume may differ in these.
-_RUNTIME_ONLY = {"resume", "num_workers", "device", "output_dir", "folds", "data_dir", "fold_csv", "depth_cache_dir",
-                 "image_cache_dir"}
+def _why_not_resume(saved: dict, cfg: TrainConfig, inputs: dict[str, str]) -> str:
+    """Why the saved run is not this one ('' when it is): settings or inputs that changed."""
+    changed = _changed_settings(saved.get("config", {}), cfg)
+    moved = [k for k in inputs if saved.get("inputs", {}).get(k) != inputs[k]]
+    why = [f"settings changed since the saved run ({', '.join(changed)})"] if changed else []
+    why += [f"inputs changed since the saved run ({', '.join(moved)})"] if moved else []
+    return " and ".join(why)
 
 
 def _changed_settings(saved: dict, cfg: TrainConfig) -> list[str]:
     now = cfg.to_dict()
-    return sorted(k for k in now if k not in _RUNTIME_ONLY and k in saved and saved[k] != now[k])
+    return sorted(k for k in now if k not in RUNTIME_ONLY and k in saved and saved[k] != now[k])
 
 
 def fold_metrics(fold_dir: Path, state: FoldState) -> dict:

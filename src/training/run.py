@@ -6,6 +6,7 @@ directory into ``oof.parquet`` + ``oof_metrics.json`` and prints the OOF weighte
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import pandas as pd
@@ -14,11 +15,13 @@ from src.config import TrainConfig, idle_flags
 from src.data import image_cache
 from src.data.depth import load_for_config
 from src.data.folds import make_folds, read_fold_csv
-from src.data.schema import load_train, photo_sizes
+from src.data.photos import check_photos
+from src.data.schema import load_train
 from src.errors import UserError
 from src.oof import merge_oof
 from src.training.distributed import cleanup, per_rank_batch, setup
 from src.training.fit import train_fold
+from src.training.fold_files import fold_lock, remove_stale_temporaries
 
 
 def resolve_folds(cfg: TrainConfig, images: pd.DataFrame) -> pd.Series:
@@ -32,11 +35,11 @@ def resolve_folds(cfg: TrainConfig, images: pd.DataFrame) -> pd.Series:
     return folds
 
 
-def data_notes(cfg: TrainConfig, images: pd.DataFrame) -> list[str]:
-    """Flags that cannot act on these photos (``idle_flags`` covers what the config alone shows)."""
+def data_notes(cfg: TrainConfig, sizes: list[tuple[int, int]]) -> list[str]:
+    """Flags that cannot act on photos of these (width, height) (``idle_flags``: the config alone)."""
     if not cfg.use_pad_to_square:
         return []
-    sizes = sorted(set(photo_sizes(cfg.data_dir, images)))
+    sizes = sorted(set(sizes))
     if all(w == 2 * h for w, h in sizes):  # both halves square: nothing to pad
         shown = ", ".join(f"{w}x{h}" for w, h in sizes[:5])
         return [f"--use-pad-to-square acts only on photos whose halves are not square; these photos are {shown} "
@@ -50,15 +53,20 @@ def run(cfg: TrainConfig) -> dict | None:
     depth = load_for_config(cfg, "train", images["image_id"].tolist())
     halves = image_cache.load_for_config(cfg, "train", images["image_id"].tolist())
     info = setup(cfg.device)
+    # Every photo decoded once now, unless the image cache already did: a damaged one stops the run here.
+    sizes = check_photos(cfg.data_dir, images, decode=halves is None, warn=info.is_main)
     try:
         per_rank = per_rank_batch(cfg.batch_size, info, cfg.grad_accum)
         todo = cfg.folds or sorted(set(folds))
         if info.is_main:
             print(f"device {info.device} x {info.world_size} | backbone {cfg.backbone_size} | folds {todo}", flush=True)
-            for line in idle_flags(cfg) + data_notes(cfg, images):
+            for line in idle_flags(cfg) + data_notes(cfg, sizes):
                 print(f"note: {line}", flush=True)
         for k in todo:
-            train_fold(cfg, info, images, folds, k, per_rank, depth, halves)
+            with fold_lock(cfg.output_dir, k) if info.is_main else contextlib.nullcontext():
+                if info.is_main:
+                    remove_stale_temporaries(Path(cfg.output_dir) / f"fold{k}")
+                train_fold(cfg, info, images, folds, k, per_rank, depth, halves)
         if not info.is_main:
             return None
         # Only a run over every fold merges; one-fold jobs (the pipeline's) leave that to the merge rule.

@@ -1,6 +1,5 @@
 # Helpers shared by the rules: config validation (before any job starts), paths, trainer flags.
 import os
-import shlex
 import sys
 from pathlib import Path
 
@@ -113,7 +112,8 @@ def launcher(gpus):
 
 
 def trainer_flags():
-    return shlex.join(to_argv(pipeline_values()))
+    """The pipeline's trainer flags as a list, so the shell command quotes each ({params.flags:q})."""
+    return to_argv(pipeline_values())
 
 
 def all_targets():

@@ -18,8 +18,8 @@ if "demo_data" in config:
         conda:
             "../envs/pipeline.yaml"
         shell:
-            "python -m src.synth --out {params.data} --n-train {params.d[n_train]} --n-test {params.d[n_test]} "
-            "--seed {params.d[seed]} --width {params.d[width]} --height {params.d[height]} > {log} 2>&1"
+            "python -m src.synth --out {params.data:q} --n-train {params.d[n_train]} --n-test {params.d[n_test]} "
+            "--seed {params.d[seed]} --width {params.d[width]} --height {params.d[height]} > {log:q} 2>&1"
 
 
 rule image_cache:
@@ -40,8 +40,8 @@ rule image_cache:
     conda:
         "../envs/pipeline.yaml"
     shell:
-        "python -m src.image_cache --data-dir {params.data} --split {wildcards.split} --size {params.size} "
-        "{params.pad} --out {output.npy} > {log} 2>&1"
+        "python -m src.image_cache --data-dir {params.data:q} --split {wildcards.split} --size {params.size} "
+        "{params.pad} --out {output.npy:q} > {log:q} 2>&1"
 
 
 rule folds:
@@ -59,5 +59,5 @@ rule folds:
     conda:
         "../envs/pipeline.yaml"
     shell:
-        "python -m src.make_folds --data-dir {params.data} --out {output} --n-folds {params.f[n_folds]} "
-        "--cv-strategy {params.f[strategy]} --seed {params.f[seed]} > {log} 2>&1"
+        "python -m src.make_folds --data-dir {params.data:q} --out {output:q} --n-folds {params.f[n_folds]} "
+        "--cv-strategy {params.f[strategy]} --seed {params.f[seed]} > {log:q} 2>&1"

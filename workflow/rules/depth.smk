@@ -12,7 +12,7 @@ if config["depth"]["model"] == "tiny":
         conda:
             "../envs/pipeline.yaml"
         shell:
-            "python -m src.depth_cache --make-tiny-model {output} > {log} 2>&1"
+            "python -m src.depth_cache --make-tiny-model {output:q} > {log:q} 2>&1"
 
 
 rule depth_cache:
@@ -24,7 +24,7 @@ rule depth_cache:
         temp(f"{RESULTS}/depth/{{size}}/{{split}}.safetensors"),
     params:
         data=lambda wc, input: os.path.dirname(input.csv),
-        model=lambda wc: shlex.quote(depth_model()),
+        model=lambda wc: depth_model(),
         d=config["depth"],
     resources:
         gpu=config["depth"].get("gpus", 0),
@@ -35,6 +35,6 @@ rule depth_cache:
     conda:
         "../envs/pipeline.yaml"
     shell:
-        "python -m src.depth_cache --data-dir {params.data} --split {wildcards.split} --model-size {wildcards.size} "
-        "--model {params.model} --backend {params.d[backend]} --resolution {params.d[resolution]} "
-        "--batch-size {params.d[batch_size]} --out {output} > {log} 2>&1"
+        "python -m src.depth_cache --data-dir {params.data:q} --split {wildcards.split} --model-size {wildcards.size} "
+        "--model {params.model:q} --backend {params.d[backend]} --resolution {params.d[resolution]} "
+        "--batch-size {params.d[batch_size]} --out {output:q} > {log:q} 2>&1"

@@ -15,7 +15,7 @@ rule ensemble:
     params:
         data=lambda wc, input: os.path.dirname(input.test),
         results=lambda wc, output: os.path.dirname(os.path.dirname(output.sub)),
-        models=" ".join(MODELS),
+        models=MODELS,
     log:
         f"{RESULTS}/logs/ensemble.log",
     benchmark:
@@ -23,4 +23,4 @@ rule ensemble:
     conda:
         "../envs/pipeline.yaml"
     shell:
-        "python -m src.ensemble blend --results-dir {params.results} --models {params.models} --data-dir {params.data} > {log} 2>&1"
+        "python -m src.ensemble blend --results-dir {params.results:q} --models {params.models:q} --data-dir {params.data:q} > {log:q} 2>&1"

@@ -13,7 +13,8 @@ rule report:
         curves=report(f"{RESULTS}/report/learning_curves.png", caption="../report/learning_curves.rst", category="Training"),
     params:
         results=lambda wc, output: os.path.dirname(os.path.dirname(output.table)),
-        models=" ".join(MODELS),
+        report_dir=lambda wc, output: os.path.dirname(output.table),
+        models=MODELS,
     log:
         f"{RESULTS}/logs/report.log",
     benchmark:
@@ -21,5 +22,5 @@ rule report:
     conda:
         "../envs/pipeline.yaml"
     shell:
-        "MPLBACKEND=Agg python -m src.report --results-dir {params.results} --models {params.models} "
-        "--out-dir {params.results}/report > {log} 2>&1"
+        "MPLBACKEND=Agg python -m src.report --results-dir {params.results:q} --models {params.models:q} "
+        "--out-dir {params.report_dir:q} > {log:q} 2>&1"

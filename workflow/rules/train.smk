@@ -28,9 +28,9 @@ rule train:
     conda:
         "../envs/pipeline.yaml"
     shell:
-        "OMP_NUM_THREADS={threads} {params.launcher} -m src.dinov3_train --config {input.model_cfg} {params.flags} "
-        "--data-dir {params.data} --fold-csv {input.folds} --folds {wildcards.fold} --output-dir {params.out} "
-        "--resume > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} {params.launcher} -m src.dinov3_train --config {input.model_cfg:q} {params.flags:q} "
+        "--data-dir {params.data:q} --fold-csv {input.folds:q} --folds {wildcards.fold} --output-dir {params.out:q} "
+        "--resume > {log:q} 2>&1"
 
 
 rule merge_oof:
@@ -49,7 +49,7 @@ rule merge_oof:
     conda:
         "../envs/pipeline.yaml"
     shell:
-        "python -m src.ensemble merge-oof --model-dir {params.out} --n-folds {params.n_folds} > {log} 2>&1"
+        "python -m src.ensemble merge-oof --model-dir {params.out:q} --n-folds {params.n_folds} > {log:q} 2>&1"
 
 
 rule predict:
@@ -75,5 +75,5 @@ rule predict:
     conda:
         "../envs/pipeline.yaml"
     shell:
-        "OMP_NUM_THREADS={threads} python -m src.predict --model-dir {params.out} --data-dir {params.data} --split test "
-        "{params.tta} --depth-cache-dir {params.depth_dir} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} python -m src.predict --model-dir {params.out:q} --data-dir {params.data:q} --split test "
+        "{params.tta} --depth-cache-dir {params.depth_dir:q} > {log:q} 2>&1"
