@@ -2,6 +2,7 @@
 versioned by DVC (repro -> push -> pull into a fresh clone -> nothing left to do)."""
 
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -56,6 +57,13 @@ def test_slurm_profile_dry_run_asks_for_gpus_and_torchrun(repo):
     assert "gpu=2" in text and "rule train" in text
     for m in ("M1", "M2", "M3", "M4", "M5"):
         assert f"results/models/{m}/fold4/metrics.json" in text
+    # the README's one-target command, verbatim: only M1's jobs
+    line = next(ln for ln in (REPO / "README.md").read_text().splitlines() if ln.endswith("# one target"))
+    argv = shlex.split(line.split("#")[0])
+    assert argv[0] == "snakemake"
+    one = _snake(*argv[1:], "-n", cwd=repo)
+    text = one.stdout + one.stderr
+    assert "results/models/M1/fold4/metrics.json" in text and "models/M2/" not in text and "rule blend" not in text
 
 
 @pytest.mark.parametrize("edit, words", [

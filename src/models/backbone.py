@@ -26,7 +26,7 @@ TINY_KWARGS = {"embed_dim": 32, "depth": 2, "num_heads": 2}
 
 
 def create_backbone(size: str, weights: str = "hub", image_size: int = 512, gradient_checkpointing: bool = False) -> nn.Module:
-    """``weights``: 'hub' (timm's .lvd1689m release; gated, needs the licence accepted and network once),
+    """``weights``: 'hub' (timm's ``timm/...lvd1689m`` release: open, no log-in; network once),
     'none' (random init), or a path to a local .safetensors/.pth file with timm's key names."""
     if size not in TIMM_NAMES:
         raise UserError(f"--backbone-size {size!r} is not one of {', '.join(TIMM_NAMES)}")
@@ -49,8 +49,8 @@ def create_backbone(size: str, weights: str = "hub", image_size: int = 512, grad
     except (OSError, RuntimeError, ValueError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise UserError(
-            f"could not load {name} weights from {weights} ({first[:200]}); accept the DINOv3 licence on the hub and "
-            "log in once, or pass --backbone-weights PATH to a downloaded file (or none for random init)"
+            f"could not load {name} weights from {weights} ({first[:200]}); timm's copies on the Hugging Face hub need "
+            "network once (no log-in); offline, pass --backbone-weights PATH to a downloaded file (or none for random init)"
         )
     if gradient_checkpointing:
         model.set_grad_checkpointing(True)
