@@ -22,7 +22,6 @@ import pandas as pd
 import torch
 import yaml
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from src.config import RUNTIME_ONLY, TrainConfig
 from src.data import schema
@@ -32,6 +31,7 @@ from src.data.photos import read_rgb
 from src.data.transforms import HalfTransform
 from src.errors import UserError
 from src.models.biomass import EXPORTS, BiomassModel, export_frame
+from src.progress import progress
 from src.targets import G_PER_QUADRAT_TO_KG_PER_HA, TARGETS
 from src.training.checkpoint import load_config, load_extras, load_weights
 from src.training.engine import autocast
@@ -194,7 +194,7 @@ def predict_images(
         key = (cfg.image_size, cfg.use_border_mask, cfg.use_pad_to_square, cfg.use_depth and depth_key(cfg))
         groups.setdefault(key, []).append((cfg, model))
     n_batches = -(-len(table) // batch_size)
-    with tqdm(total=n_batches * len(groups), desc=desc, unit="batch", dynamic_ncols=True) as bar:
+    with progress(total=n_batches * len(groups), desc=desc, unit="batch", dynamic_ncols=True) as bar:
         for (size, border, pad, uses_depth), group in groups.items():
             if uses_depth and depth_for is None:
                 raise UserError("these models were trained with depth; give the depth cache of the images (see --help)")

@@ -19,10 +19,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
 from src.errors import Parser
 from src.io_utils import write_csv
+from src.progress import progress
 from src.targets import KAGGLE_ORDER
 
 TRAIN_COLUMNS = [
@@ -348,7 +348,7 @@ def generate(out: Path, n_train: int, n_test: int, seed: int = 0, width: int = 1
     for split, n in (("train", n_train), ("test", n_test)):
         # Sorted by id like the Kaggle files, which interleaves the visits.
         splits[split] = sorted(_visit_records(rng, n, used_visits, used_ids), key=lambda r: r["image_id"])
-    with tqdm(total=n_train + n_test, desc="synth images", unit="img") as bar:
+    with progress(total=n_train + n_test, desc="synth images", unit="img") as bar:
         for k, (split, records) in enumerate(splits.items()):
             _write_images(records, out / split, seed, k, width, height, bar)
     # CSVs last: a run that dies half way leaves no CSV pointing at missing images.

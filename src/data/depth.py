@@ -17,7 +17,6 @@ import pandas as pd
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
-from tqdm import tqdm
 
 from src.data.photos import read_rgb
 from src.data.schema import load_test, load_train
@@ -25,6 +24,7 @@ from src.data.transforms import split_halves
 from src.errors import UserError
 from src.io_utils import atomic_path, write_json
 from src.models import depth_anything
+from src.progress import progress
 from src.targets import TARGETS
 
 FORMAT = "1"
@@ -87,7 +87,7 @@ def compute_maps(paths: list[Path], model: str, backend: str, resolution: int, b
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     processor, net = depth_anything.load(model, backend, device)
     maps = np.zeros((len(paths), 2, resolution, resolution), np.float32)
-    for start in tqdm(range(0, len(paths), batch_size), desc=desc, unit="batch"):
+    for start in progress(range(0, len(paths), batch_size), desc=desc, unit="batch"):
         chunk = paths[start:start + batch_size]
         halves = [h for p in chunk for h in split_halves(read_rgb(p))]
         maps[start:start + len(chunk)] = depth_anything.predict(processor, net, halves, resolution, device).reshape(

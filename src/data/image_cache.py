@@ -11,13 +11,13 @@ import json
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from src.data.photos import read_rgb
 from src.data.schema import load_test, load_train
 from src.data.transforms import split_halves, to_square
 from src.errors import UserError
 from src.io_utils import atomic_path, write_json
+from src.progress import progress
 
 FORMAT = 1
 
@@ -45,7 +45,7 @@ def build(data_dir, split: str, size: int, out, pad: bool = False) -> bool:
         return False
     with atomic_path(out) as tmp:
         arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(images), 2, size, size, 3))
-        for i, rel in enumerate(tqdm(images["image_path"], desc=f"image cache {split} {size}px", unit="img")):
+        for i, rel in enumerate(progress(images["image_path"], desc=f"image cache {split} {size}px", unit="img")):
             arr[i] = [to_square(h, size, pad) for h in split_halves(read_rgb(data_dir / rel))]
         arr.flush()
         del arr

@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from PIL import Image, ImageOps, UnidentifiedImageError
-from tqdm import tqdm
 
 from src.errors import UserError
+from src.progress import progress
 
 # 100 MP: more than any camera's quadrat photo (the real ones are 2 MP); bigger is a bomb or a scan.
 MAX_PIXELS = 100_000_000
@@ -68,7 +68,7 @@ def check_photos(data_dir: str | Path, images: pd.DataFrame, decode: bool = True
     not in epoch 7). Warns once when photos are far from the 2:1 of the quadrat photos."""
     paths = [Path(data_dir) / rel for rel in images["image_path"]]
     sizes = []
-    for p in tqdm(paths, desc="checking photos", unit="img", disable=not decode or len(paths) < 50):
+    for p in progress(paths, desc="checking photos", unit="img", disable=not decode or len(paths) < 50):
         sizes.append(photo_size(p))
         if decode:
             read_rgb(p)

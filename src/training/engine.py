@@ -7,9 +7,9 @@ import contextlib
 import numpy as np
 import torch
 import torch.distributed as dist
-from tqdm import tqdm
 
 from src.models.biomass import EXPORTS
+from src.progress import progress
 from src.training.distributed import DistInfo
 
 
@@ -40,7 +40,7 @@ def train_one_epoch(model, raw_model, loader, criterion, optimizer, scheduler, i
     sums: dict[str, float] = {}
     n = 0
     optimizer.zero_grad(set_to_none=True)
-    bar = tqdm(loader, total=steps, desc=desc, leave=False, disable=not info.is_main, dynamic_ncols=True)
+    bar = progress(loader, total=steps, desc=desc, leave=False, disable=not info.is_main, dynamic_ncols=True)
     for i, batch in enumerate(bar):
         if i >= steps:
             break

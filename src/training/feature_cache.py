@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Subset
-from tqdm import tqdm
 
 from src.errors import UserError
+from src.progress import progress
 from src.training.distributed import DistInfo, sum_across_ranks
 from src.training.engine import autocast
 
@@ -69,7 +69,7 @@ class FeatureCache:
         keys = [v * n + i for v in range(views) for i in rows]  # BiomassDataset: key = epoch * n + row
         loader = DataLoader(Subset(dataset, keys), batch_size=batch_size, shuffle=False, num_workers=workers)
         done = 0
-        with torch.no_grad(), tqdm(total=len(keys), desc=desc, unit="view", leave=False, disable=not info.is_main) as bar:
+        with torch.no_grad(), progress(total=len(keys), desc=desc, unit="view", leave=False, disable=not info.is_main) as bar:
             for batch in loader:
                 idx = batch["index"]
                 v = torch.as_tensor(keys[done:done + len(idx)]) // n
