@@ -35,6 +35,8 @@ test-slow: .venv/.installed
 
 lint: .venv/.installed
 	python -m ruff check src tests benchmarks
+	snakefmt --check workflow/
+	snakemake --lint --configfile config/test.yaml
 
 clean-demo:
 	rm -rf $(DEMO_DIR) $(DEMO_RESULTS)

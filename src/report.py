@@ -11,6 +11,7 @@ parquet files (the source of truth), so they always match the plots.
 
 from __future__ import annotations
 
+import html
 import json
 import math
 import re
@@ -29,7 +30,8 @@ ENSEMBLE = "ensemble"
 HOLDOUT = "holdout (ensemble)"
 METRIC_COLUMNS = ["weighted_r2", "weighted_r2_log", *[f"r2_{SHORT[t]}" for t in TARGETS]]
 TABLE_COLUMNS = ["model", *METRIC_COLUMNS, "folds", "best"]
-OUTPUTS = ("pred_vs_true.png", "r2_by_state.png", "learning_curves.png", "model_table.csv", "model_table.md")
+OUTPUTS = ("pred_vs_true.png", "r2_by_state.png", "learning_curves.png", "model_table.csv", "model_table.md",
+           "model_table.html")
 DPI = 110
 
 
@@ -162,6 +164,27 @@ def table_markdown(table: pd.DataFrame, notes: list[str] | None = None) -> str:
     if notes:
         text += "\n" + "\n".join(f"- {n}" for n in notes) + "\n"
     return text
+
+
+def table_html(table: pd.DataFrame, notes: list[str] | None = None) -> str:
+    """The model table as a page of its own (the Snakemake report shows HTML, and offers CSV only
+    as a download): ranked by OOF weighted R², the best row marked and bold."""
+    rows = []
+    for _, row in table.iterrows():
+        best = bool(row["best"])
+        cells = ["★" if best else "", html.escape(str(row["model"]))]
+        cells += ["–" if not np.isfinite(_float(row[k])) else f"{float(row[k]):.4f}" for k in METRIC_COLUMNS]
+        cells.append(html.escape(str(row["folds"])) if isinstance(row["folds"], str) else "")
+        style = ' style="font-weight:bold;background:#e8f5e9"' if best else ""
+        rows.append(f"<tr{style}>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    head = "".join(f"<th>{h}</th>" for h in ["best", "model", *METRIC_COLUMNS, "folds"])
+    items = "".join(f"<li>{html.escape(n)}</li>" for n in notes or [])
+    return ("<!DOCTYPE html><html><head><meta charset='utf-8'><title>Models</title><style>"
+            "body{font-family:sans-serif;margin:1.5em}table{border-collapse:collapse}"
+            "td,th{border:1px solid #ccc;padding:4px 10px;text-align:right}td:nth-child(2){text-align:left}"
+            "</style></head><body><h1>Models, ranked by out-of-fold weighted R²</h1>"
+            "<p>Raw grams, the competition metric; ★ = best. Scores are recomputed from the OOF predictions.</p>"
+            f"<table><tr>{head}</tr>{''.join(rows)}</table><ul>{items}</ul></body></html>\n")  # fmt: skip
 
 
 def ensemble_note(results: str | Path) -> str | None:
@@ -379,6 +402,7 @@ def make_report(results: str | Path, models: list[str], out_dir: str | Path) -> 
     plot_learning_curves(results, models, paths["learning_curves.png"])
     write_csv(paths["model_table.csv"], table)
     write_text(paths["model_table.md"], md)
+    write_text(paths["model_table.html"], table_html(table, notes))
     print(table_markdown(table, notes), end="")
     for p in paths.values():
         print(f"wrote {p}")

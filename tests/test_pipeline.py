@@ -42,6 +42,8 @@ def repo(tmp_path):
 def test_lint_passes(repo):
     out = _snake("--lint", "--configfile", "config/test.yaml", cwd=repo)
     assert "good condition" in out.stdout + out.stderr
+    fmt = _run([sys.executable, "-m", "snakefmt", "--check", "workflow/"], repo, check=False)
+    assert fmt.returncode == 0, fmt.stderr[-2000:]  # snakefmt-clean, at the line length of pyproject.toml
 
 
 def test_slurm_profile_dry_run_asks_for_gpus_and_torchrun(repo):
@@ -140,8 +142,13 @@ def test_pipeline_runs_and_round_trips_through_dvc(repo, tmp_path):
     for m in cfg["models"]:
         assert (res / f"models/{m}/oof_metrics.json").exists()
         assert len(list((res / f"models/{m}").glob("fold*/best.safetensors"))) == cfg["folds"]["n_folds"]
-    for f in ("model_table.md", "pred_vs_true.png", "r2_by_state.png", "learning_curves.png"):
+    for f in ("model_table.md", "model_table.html", "pred_vs_true.png", "r2_by_state.png", "learning_curves.png"):
         assert (res / "report" / f).stat().st_size > 0
+    _snake("--configfile", "config/roundtrip.yaml", "--report", str(tmp_path / "report.html"), cwd=repo)
+    page = (tmp_path / "report.html").read_text()
+    desc = page[page.index('id="workflow-desc"'):][:3000]  # the landing page describes this run
+    assert "Pasture biomass from quadrat photos" in desc and ", ".join(cfg["models"]) in desc
+    assert "model_table.html" in page and "models ranked by OOF weighted R" in page  # the table's own page
     assert not list((res / "depth").glob("[sb][ma]*/*.safetensors"))  # caches are temp: never versioned
     assert "Nothing to be done" in _snake("-n", "--configfile", "config/roundtrip.yaml", cwd=repo).stdout + \
         _snake("-n", "--configfile", "config/roundtrip.yaml", cwd=repo).stderr

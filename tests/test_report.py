@@ -186,6 +186,21 @@ def test_markdown_table_is_readable(cli_run):
     assert "ensemble method: mean" in md
 
 
+def test_html_table_is_a_ranked_page_with_the_best_marked(cli_run):
+    import re
+
+    _, out = cli_run
+    page = (out / "model_table.html").read_text()
+    rows = re.findall(r"<tr( style=[^>]*)?>(.*?)</tr>", page)
+    cells = [re.findall(r"<td>(.*?)</td>", r[1]) for r in rows[1:]]
+    assert [c[1] for c in cells] == ["good", "ensemble", "bad", "holdout (ensemble)"]  # ranked, holdout last
+    assert cells[0][0] == "★" and rows[1][0] and not any(r[0] for r in rows[2:])  # only the best is marked
+    md_rows = [line for line in (out / "model_table.md").read_text().splitlines() if line.startswith("|")][2:]
+    md = [line.split("|")[3].strip() for line in md_rows]
+    assert [c[2] for c in cells] == md  # the same numbers as the markdown table
+    assert "ensemble method: mean" in page
+
+
 def test_stage2_start_detection():
     h = pd.DataFrame({"epoch": [0, 1, 2, 3, 4], "stage": ["stage1", "stage1", "stage1", "stage2", "stage2"]})
     assert report.stage2_start(h) == 3

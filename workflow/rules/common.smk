@@ -50,8 +50,13 @@ def depth_model():
 def pipeline_values():
     """What the pipeline sets on every model: its overrides, then its paths and depth settings."""
     values = dict(config.get("trainer_overrides") or {})
-    values.update(depth_model=depth_model(), depth_cache_dir=f"{RESULTS}/depth", depth_backend=config["depth"]["backend"],
-                  depth_resolution=config["depth"]["resolution"], n_folds=N_FOLDS)
+    values.update(
+        depth_model=depth_model(),
+        depth_cache_dir=f"{RESULTS}/depth",
+        depth_backend=config["depth"]["backend"],
+        depth_resolution=config["depth"]["resolution"],
+        n_folds=N_FOLDS,
+    )
     if config["train"].get("image_cache", True):
         values["image_cache_dir"] = f"{RESULTS}/cache/images"
     return values
@@ -69,7 +74,9 @@ bad_folds = [k for k in FOLDS if not 0 <= k < N_FOLDS]
 if bad_folds:
     _fail(f"train.folds {bad_folds} outside 0..{N_FOLDS - 1}")
 if "demo_data" not in config and not Path(DATA, "train.csv").exists():
-    _fail(f"data_dir {DATA!r} has no train.csv; put the Kaggle data there (see README) or use --configfile config/demo.yaml")
+    _fail(
+        f"data_dir {DATA!r} has no train.csv; put the Kaggle data there (see README) or use --configfile config/demo.yaml"
+    )
 TRAINER = {}
 for _m in MODELS:
     if not (REPO / model_yaml(_m)).exists():

@@ -8,15 +8,15 @@ if "demo_data" in config:
             test=f"{DATA}/test.csv",
             sample=f"{DATA}/sample_submission.csv",
             solution=f"{DATA}/test_solution.csv",
-        params:
-            data=lambda wc, output: os.path.dirname(output.train),
-            d=config.get("demo_data", {}),
         log:
             f"{RESULTS}/logs/demo_data.log",
         benchmark:
             f"{RESULTS}/benchmarks/demo_data.tsv"
         conda:
             "../envs/pipeline.yaml"
+        params:
+            data=lambda wc, output: os.path.dirname(output.train),
+            d=config.get("demo_data", {}),
         shell:
             "python -m src.synth --out {params.data:q} --n-train {params.d[n_train]} --n-test {params.d[n_test]} "
             "--seed {params.d[seed]} --width {params.d[width]} --height {params.d[height]} > {log:q} 2>&1"
@@ -29,16 +29,16 @@ rule image_cache:
         # temp: a speed cache, rebuilt on demand and never versioned
         npy=temp(f"{RESULTS}/cache/images/{{res}}/{{split}}.npy"),
         meta=temp(f"{RESULTS}/cache/images/{{res}}/{{split}}.json"),
-    params:
-        data=lambda wc, input: os.path.dirname(input[0]),
-        size=lambda wc: wc.res.removesuffix("_pad"),
-        pad=lambda wc: "--pad-to-square" if wc.res.endswith("_pad") else "",
     log:
         f"{RESULTS}/logs/image_cache/{{res}}_{{split}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/image_cache/{{res}}_{{split}}.tsv"
     conda:
         "../envs/pipeline.yaml"
+    params:
+        data=lambda wc, input: os.path.dirname(input[0]),
+        size=lambda wc: wc.res.removesuffix("_pad"),
+        pad=lambda wc: "--pad-to-square" if wc.res.endswith("_pad") else "",
     shell:
         "python -m src.image_cache --data-dir {params.data:q} --split {wildcards.split} --size {params.size} "
         "{params.pad} --out {output.npy:q} > {log:q} 2>&1"
@@ -49,15 +49,15 @@ rule folds:
         f"{DATA}/train.csv",
     output:
         FOLD_CSV,
-    params:
-        data=lambda wc, input: os.path.dirname(input[0]),
-        f=config["folds"],
     log:
         f"{RESULTS}/logs/folds.log",
     benchmark:
         f"{RESULTS}/benchmarks/folds.tsv"
     conda:
         "../envs/pipeline.yaml"
+    params:
+        data=lambda wc, input: os.path.dirname(input[0]),
+        f=config["folds"],
     shell:
         "python -m src.make_folds --data-dir {params.data:q} --out {output:q} --n-folds {params.f[n_folds]} "
         "--cv-strategy {params.f[strategy]} --seed {params.f[seed]} > {log:q} 2>&1"

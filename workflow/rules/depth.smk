@@ -22,18 +22,18 @@ rule depth_cache:
     output:
         # temp: rebuilt on demand, never versioned (DVC pushes the models, not these caches)
         temp(f"{RESULTS}/depth/{{size}}/{{split}}.safetensors"),
-    params:
-        data=lambda wc, input: os.path.dirname(input.csv),
-        model=lambda wc: depth_model(),
-        d=config["depth"],
-    resources:
-        gpu=config["depth"].get("gpus", 0),
     log:
         f"{RESULTS}/logs/depth/{{size}}_{{split}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/depth/{{size}}_{{split}}.tsv"
     conda:
         "../envs/pipeline.yaml"
+    resources:
+        gpu=config["depth"].get("gpus", 0),
+    params:
+        data=lambda wc, input: os.path.dirname(input.csv),
+        model=lambda wc: depth_model(),
+        d=config["depth"],
     shell:
         "python -m src.depth_cache --data-dir {params.data:q} --split {wildcards.split} --model-size {wildcards.size} "
         "--model {params.model:q} --backend {params.d[backend]} --resolution {params.d[resolution]} "

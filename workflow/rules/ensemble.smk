@@ -12,15 +12,15 @@ rule ensemble:
         metrics=f"{RESULTS}/ensemble/oof_metrics.json",
         weights=f"{RESULTS}/ensemble/weights.json",
         pred=f"{RESULTS}/ensemble/test_pred.parquet",
-    params:
-        data=lambda wc, input: os.path.dirname(input.test),
-        results=lambda wc, output: os.path.dirname(os.path.dirname(output.sub)),
-        models=MODELS,
     log:
         f"{RESULTS}/logs/ensemble.log",
     benchmark:
         f"{RESULTS}/benchmarks/ensemble.tsv"
     conda:
         "../envs/pipeline.yaml"
+    params:
+        data=lambda wc, input: os.path.dirname(input.test),
+        results=lambda wc, output: os.path.dirname(os.path.dirname(output.sub)),
+        models=MODELS,
     shell:
         "python -m src.ensemble blend --results-dir {params.results:q} --models {params.models:q} --data-dir {params.data:q} > {log:q} 2>&1"

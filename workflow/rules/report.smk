@@ -6,21 +6,29 @@ rule report:
         oof=expand(f"{RESULTS}/models/{{model}}/oof_metrics.json", model=MODELS),
         ensemble=f"{RESULTS}/ensemble/oof_metrics.json",
     output:
-        table=report(f"{RESULTS}/report/model_table.csv", caption="../report/model_table.rst", category="Models"),
+        table=f"{RESULTS}/report/model_table.csv",
+        table_html=report(
+            f"{RESULTS}/report/model_table.html",
+            caption="../report/model_table.rst",
+            category="Models",
+            labels={"table": "models ranked by OOF weighted R²"},
+        ),
         table_md=f"{RESULTS}/report/model_table.md",
         scatter=report(f"{RESULTS}/report/pred_vs_true.png", caption="../report/pred_vs_true.rst", category="OOF"),
         states=report(f"{RESULTS}/report/r2_by_state.png", caption="../report/r2_by_state.rst", category="OOF"),
-        curves=report(f"{RESULTS}/report/learning_curves.png", caption="../report/learning_curves.rst", category="Training"),
-    params:
-        results=lambda wc, output: os.path.dirname(os.path.dirname(output.table)),
-        report_dir=lambda wc, output: os.path.dirname(output.table),
-        models=MODELS,
+        curves=report(
+            f"{RESULTS}/report/learning_curves.png", caption="../report/learning_curves.rst", category="Training"
+        ),
     log:
         f"{RESULTS}/logs/report.log",
     benchmark:
         f"{RESULTS}/benchmarks/report.tsv"
     conda:
         "../envs/pipeline.yaml"
+    params:
+        results=lambda wc, output: os.path.dirname(os.path.dirname(output.table)),
+        report_dir=lambda wc, output: os.path.dirname(output.table),
+        models=MODELS,
     shell:
         "MPLBACKEND=Agg python -m src.report --results-dir {params.results:q} --models {params.models:q} "
         "--out-dir {params.report_dir:q} > {log:q} 2>&1"

@@ -11,22 +11,22 @@ rule train:
         images=lambda wc: image_cache(wc.model),
     output:
         f"{RESULTS}/models/{{model}}/fold{{fold}}/metrics.json",
-    params:
-        data=lambda wc: DATA,
-        launcher=launcher(config["train"]["gpus"]),
-        flags=trainer_flags(),
-        out=lambda wc, output: os.path.dirname(os.path.dirname(output[0])),
-    threads: config["train"]["threads"]
-    resources:
-        gpu=config["train"]["gpus"],
-        runtime=config["train"]["runtime_min"],
-        mem_mb=config["train"]["mem_mb"],
     log:
         f"{RESULTS}/logs/train/{{model}}_fold{{fold}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/train/{{model}}_fold{{fold}}.tsv"
     conda:
         "../envs/pipeline.yaml"
+    threads: config["train"]["threads"]
+    resources:
+        gpu=config["train"]["gpus"],
+        runtime=config["train"]["runtime_min"],
+        mem_mb=config["train"]["mem_mb"],
+    params:
+        data=lambda wc: DATA,
+        launcher=launcher(config["train"]["gpus"]),
+        flags=trainer_flags(),
+        out=lambda wc, output: os.path.dirname(os.path.dirname(output[0])),
     shell:
         "OMP_NUM_THREADS={threads} {params.launcher} -m src.dinov3_train --config {input.model_cfg:q} {params.flags:q} "
         "--data-dir {params.data:q} --fold-csv {input.folds:q} --folds {wildcards.fold} --output-dir {params.out:q} "
@@ -39,15 +39,15 @@ rule merge_oof:
     output:
         oof=f"{RESULTS}/models/{{model}}/oof.parquet",
         metrics=f"{RESULTS}/models/{{model}}/oof_metrics.json",
-    params:
-        n_folds=N_FOLDS,
-        out=lambda wc, output: os.path.dirname(output.oof),
     log:
         f"{RESULTS}/logs/merge_oof/{{model}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/merge_oof/{{model}}.tsv"
     conda:
         "../envs/pipeline.yaml"
+    params:
+        n_folds=N_FOLDS,
+        out=lambda wc, output: os.path.dirname(output.oof),
     shell:
         "python -m src.ensemble merge-oof --model-dir {params.out:q} --n-folds {params.n_folds} > {log:q} 2>&1"
 
@@ -60,20 +60,20 @@ rule predict:
     output:
         pred=f"{RESULTS}/models/{{model}}/test_pred.parquet",
         sub=f"{RESULTS}/models/{{model}}/submission.csv",
-    params:
-        data=lambda wc, input: os.path.dirname(input.test),
-        depth_dir=lambda wc: f"{RESULTS}/depth",
-        out=lambda wc, output: os.path.dirname(output.pred),
-        tta="--tta" if config["predict"]["tta"] else "--no-tta",
-    threads: config["train"]["threads"]
-    resources:
-        gpu=min(config["train"]["gpus"], 1),
     log:
         f"{RESULTS}/logs/predict/{{model}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/predict/{{model}}.tsv"
     conda:
         "../envs/pipeline.yaml"
+    threads: config["train"]["threads"]
+    resources:
+        gpu=min(config["train"]["gpus"], 1),
+    params:
+        data=lambda wc, input: os.path.dirname(input.test),
+        depth_dir=lambda wc: f"{RESULTS}/depth",
+        out=lambda wc, output: os.path.dirname(output.pred),
+        tta="--tta" if config["predict"]["tta"] else "--no-tta",
     shell:
         "OMP_NUM_THREADS={threads} python -m src.predict --model-dir {params.out:q} --data-dir {params.data:q} --split test "
         "{params.tta} --depth-cache-dir {params.depth_dir:q} > {log:q} 2>&1"
