@@ -128,7 +128,7 @@ def test_pipeline_runs_and_round_trips_through_dvc(repo, tmp_path):
     (repo / "params.yaml").write_text(yaml.safe_dump(params))
 
     _git("init", "-q", cwd=repo)
-    _dvc("init", "-q", cwd=repo)
+    assert (repo / ".dvc/config").exists()  # the project is a DVC repository as cloned: no `dvc init` here
     _dvc("remote", "add", "-d", "local", str(tmp_path / "remote"), cwd=repo)
     _dvc("add", "-q", "data/raw", cwd=repo)
     _git("add", "-A", cwd=repo)
@@ -153,13 +153,21 @@ def test_pipeline_runs_and_round_trips_through_dvc(repo, tmp_path):
     assert "Nothing to be done" in _snake("-n", "--configfile", "config/roundtrip.yaml", cwd=repo).stdout + \
         _snake("-n", "--configfile", "config/roundtrip.yaml", cwd=repo).stderr
 
+    (repo / "src/__pycache__").mkdir(exist_ok=True)
+    (repo / "src/__pycache__/stray.cpython-311.pyc").write_bytes(b"\0")  # .dvcignore: not a change of src/
+    assert "up to date" in _dvc("status", cwd=repo).stdout
     _dvc("push", "-q", cwd=repo)
     _git("add", "-A", cwd=repo)
     _git("commit", "-qm", "results", cwd=repo)
+    tracked = _run(["git", "ls-files", "results"], repo).stdout.split()
+    assert tracked == ["results/ensemble/oof_metrics.json"]  # the DVC metric lives in git; the rest in DVC
     clone = tmp_path / "clone"
     _run(["git", "clone", "-q", str(repo), str(clone)], tmp_path)
     _dvc("pull", "-q", cwd=clone)
     assert (clone / "results/ensemble/submission.csv").read_text() == (res / "ensemble/submission.csv").read_text()
+    assert "up to date" in _dvc("status", cwd=clone).stdout
+    shown = _dvc("metrics", "show", cwd=clone).stdout
+    assert "weighted_r2" in shown and "results/ensemble/oof_metrics.json" in shown
     _snake("--touch", "--configfile", "config/roundtrip.yaml", cwd=clone)
     dry = _snake("-n", "--configfile", "config/roundtrip.yaml", cwd=clone)
     assert "Nothing to be done" in dry.stdout + dry.stderr
