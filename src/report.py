@@ -178,7 +178,7 @@ def table_html(table: pd.DataFrame, notes: list[str] | None = None) -> str:
         style = ' style="font-weight:bold;background:#e8f5e9"' if best else ""
         rows.append(f"<tr{style}>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
     head = "".join(f"<th>{h}</th>" for h in ["best", "model", *METRIC_COLUMNS, "folds"])
-    items = "".join(f"<li>{html.escape(n)}</li>" for n in notes or [])
+    items = "".join(f"<li>{html.escape(n.replace(chr(96), ''))}</li>" for n in notes or [])  # no markdown here
     return ("<!DOCTYPE html><html><head><meta charset='utf-8'><title>Models</title><style>"
             "body{font-family:sans-serif;margin:1.5em}table{border-collapse:collapse}"
             "td,th{border:1px solid #ccc;padding:4px 10px;text-align:right}td:nth-child(2){text-align:left}"
