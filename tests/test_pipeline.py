@@ -50,6 +50,7 @@ def test_slurm_profile_dry_run_asks_for_gpus_and_torchrun(repo):
     profile = yaml.safe_load((repo / "profiles/slurm/config.yaml").read_text())
     assert profile["executor"] == "slurm"
     assert "tasks" not in str(profile["set-resources"]["train"]) and "gres" not in str(profile)
+    assert "cpus_per_task" not in str(profile)  # CPUs follow each rule's threads, never a fixed count
     _run([sys.executable, "-m", "src.synth", "--out", "data/raw", "--n-train", "24", "--n-test", "4",
           "--width", "128", "--height", "64"], repo)  # fmt: skip
     out = _snake("--workflow-profile", "profiles/slurm", "--configfile", "config/config.yaml", "--jobs", "4", "-n", "-p",
