@@ -28,6 +28,13 @@ class _Lines:
         self.stream.flush()
 
 
+class _Periodic(tqdm):
+    """tqdm whose postfix updates wait for the next periodic line (tqdm redraws on each by default)."""
+
+    def set_postfix(self, ordered_dict=None, refresh=True, **kwargs):
+        super().set_postfix(ordered_dict, refresh=False, **kwargs)
+
+
 def progress(iterable=None, **kw) -> tqdm:
     """``tqdm(iterable, **kw)``, as plain periodic lines when stderr is not a terminal."""
     if sys.stderr.isatty() or kw.get("disable"):
@@ -35,5 +42,5 @@ def progress(iterable=None, **kw) -> tqdm:
     kw.pop("dynamic_ncols", None)
     interval = float(os.environ.get("PROGRESS_LOG_INTERVAL", "30"))
     # delay: a bar done within one interval writes nothing (no 0 % line per epoch in every log)
-    return tqdm(iterable, file=_Lines(sys.stderr), mininterval=interval, maxinterval=max(interval, 10.0),
+    return _Periodic(iterable, file=_Lines(sys.stderr), mininterval=interval, maxinterval=max(interval, 10.0),
                 delay=interval, ncols=100, ascii=True, **kw)  # fmt: skip

@@ -10,7 +10,8 @@ import termios
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-LOOP = "import time\nfrom src.progress import progress\nfor _ in progress(range(40), desc='caching'):\n    time.sleep(0.01)\n"
+LOOP = ("import time\nfrom src.progress import progress\nbar = progress(range(40), desc='caching')\nfor i in bar:\n"
+        "    bar.set_postfix(loss=f'{i / 40:.3f}')  # as the training loop does, every batch\n    time.sleep(0.01)\n")
 
 
 def test_a_log_file_gets_plain_lines_and_a_terminal_a_bar(tmp_path):
