@@ -204,22 +204,26 @@ def from_dict(values: dict[str, Any], source: str = "config") -> TrainConfig:
     return resolve(cfg)
 
 
+_is_int = lambda v: isinstance(v, int) and not isinstance(v, bool)  # noqa: E731  (YAML's true is an int too)
+# field type -> (accepts a value, what the message says it must be)
+_TYPES = {
+    bool: (lambda v: isinstance(v, bool), "true or false"),
+    int: (_is_int, "an integer"),
+    float: (lambda v: _is_int(v) or isinstance(v, float), "a number"),
+    list: (lambda v: isinstance(v, list) and all(map(_is_int, v)), "a list of integers"),
+    str: (lambda v: isinstance(v, str), "a string"),
+}
+
+
 def _typed(name: str, value: Any, source: str) -> Any:
     """``value`` as the field's type, or one line naming the key, the value and the type it needs.
     YAML and Snakemake overrides arrive untyped: "8" is not 8, and "no" is not False."""
     f = FIELDS[name]
     default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-    want = type(default)
-    ok = (isinstance(value, bool) if want is bool
-          else isinstance(value, int) and not isinstance(value, bool) if want is int
-          else isinstance(value, (int, float)) and not isinstance(value, bool) if want is float
-          else isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
-          if want is list else isinstance(value, want))  # fmt: skip
-    if not ok:
-        kind = {bool: "true or false", int: "an integer", float: "a number", list: "a list of integers",
-                str: "a string"}[want]  # fmt: skip
+    accepts, kind = _TYPES[type(default)]
+    if not accepts(value):
         raise UserError(f"{source}: {name} = {value!r} ({type(value).__name__}) must be {kind}, like {default!r}")
-    return float(value) if want is float else value
+    return float(value) if isinstance(default, float) else value
 
 
 def resolve(cfg: TrainConfig) -> TrainConfig:

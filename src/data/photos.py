@@ -28,35 +28,42 @@ def _fix(path: Path, what: str) -> UserError:
     return UserError(f"photo {path}: {what}; replace the file (a cut or damaged copy?) or drop its rows")
 
 
-def photo_size(path: str | Path) -> tuple[int, int]:
-    """(width, height) as decoded (after EXIF orientation), from the header alone."""
+def _open(path: str | Path, decode: bool) -> tuple[tuple[int, int], np.ndarray | None]:
+    """(width, height) as decoded (after EXIF orientation) from the header, its limits checked
+    before any pixel is decoded; with ``decode`` also the H x W x 3 uint8 RGB pixels. One open."""
     if not Path(path).is_file():
         raise UserError(f"photo {path}: file not found; add the file or drop its rows")
     try:
         with Image.open(path) as im:
             w, h = im.size
             rotated = im.getexif().get(0x0112, 1) in _ROTATED
+            if w < 32 or h < 16:
+                raise UserError(f"photo {path}: {w}x{h} is too small for a quadrat photo (at least 32x16); replace it "
+                                "or drop its rows")  # fmt: skip
+            if w * h > MAX_PIXELS:
+                raise UserError(f"photo {path}: {w}x{h} is {w * h / 1e6:.0f} MP, more than the {MAX_PIXELS // 10**6} MP "
+                                "any quadrat photo needs; resize it (the model sees 512 px halves) or drop its rows")  # fmt: skip
+            size = (h, w) if rotated else (w, h)
+            if not decode:
+                return size, None
+            try:  # writable: torch and transformers take it as is
+                return size, np.array(ImageOps.exif_transpose(im).convert("RGB"))
+            except _BAD as exc:
+                raise _fix(Path(path), f"cannot be decoded ({_first(exc)})")
     except Image.DecompressionBombError as exc:
         raise UserError(f"photo {path}: {_first(exc)}, far more than any quadrat photo needs; resize it or drop its rows")
     except _BAD as exc:
         raise _fix(Path(path), f"not a readable image ({_first(exc)})")
-    if w < 32 or h < 16:
-        raise UserError(f"photo {path}: {w}x{h} is too small for a quadrat photo (at least 32x16); replace it or drop its rows")
-    if w * h > MAX_PIXELS:
-        raise UserError(f"photo {path}: {w}x{h} is {w * h / 1e6:.0f} MP, more than the {MAX_PIXELS // 10**6} MP any "
-                        "quadrat photo needs; resize it (the model sees 512 px halves) or drop its rows")  # fmt: skip
-    return (h, w) if rotated else (w, h)
+
+
+def photo_size(path: str | Path) -> tuple[int, int]:
+    """(width, height) as decoded (after EXIF orientation), from the header alone."""
+    return _open(path, decode=False)[0]
 
 
 def read_rgb(path: str | Path) -> np.ndarray:
     """H x W x 3 uint8 RGB, fully decoded, EXIF orientation applied."""
-    photo_size(path)  # the size limit before any pixel is decoded
-    try:
-        with Image.open(path) as im:
-            im = ImageOps.exif_transpose(im)
-            return np.array(im.convert("RGB"))  # writable: torch and transformers take it as is
-    except _BAD as exc:
-        raise _fix(Path(path), f"cannot be decoded ({_first(exc)})")
+    return _open(path, decode=True)[1]
 
 
 def _first(exc: Exception) -> str:
@@ -69,9 +76,7 @@ def check_photos(data_dir: str | Path, images: pd.DataFrame, decode: bool = True
     paths = [Path(data_dir) / rel for rel in images["image_path"]]
     sizes = []
     for p in progress(paths, desc="checking photos", unit="img", disable=not decode or len(paths) < 50):
-        sizes.append(photo_size(p))
-        if decode:
-            read_rgb(p)
+        sizes.append(_open(p, decode)[0])
     odd = [(i, w, h) for i, (w, h) in zip(images["image_id"], sizes) if not ASPECT_RANGE[0] <= w / h <= ASPECT_RANGE[1]]
     if odd and warn:
         i, w, h = odd[0]

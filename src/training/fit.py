@@ -19,7 +19,6 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from src.config import RUNTIME_ONLY, TrainConfig
 from src.data.dataset import BiomassDataset, EpochIndices
-from src.data.fingerprint import fold_inputs
 from src.data.fold_stats import aux_targets, fold_statistics, vocabularies
 from src.data.transforms import HalfTransform
 from src.errors import UserError
@@ -109,8 +108,9 @@ def _format(fold: int, stage: Stage, stage_epoch: int, row: dict, parts: list[st
 
 
 def train_fold(cfg: TrainConfig, info: DistInfo, images: pd.DataFrame, folds: pd.Series, fold: int, per_rank_batch: int,
-               depth: np.ndarray | None = None, halves: tuple | None = None) -> dict:
-    """``depth``: cached half depth maps in ``images`` row order (None without --use-depth);
+               inputs: dict[str, str], depth: np.ndarray | None = None, halves: tuple | None = None) -> dict:
+    """``inputs``: the run's ``fold_inputs`` fingerprint, which a resume must match;
+    ``depth``: cached half depth maps in ``images`` row order (None without --use-depth);
     ``halves``: the image cache (memory map, row per image in ``images`` order), or None."""
     fold_dir = Path(cfg.output_dir) / f"fold{fold}"
     is_val = (folds == fold).to_numpy()
@@ -148,7 +148,6 @@ def train_fold(cfg: TrainConfig, info: DistInfo, images: pd.DataFrame, folds: pd
 
     state, resume_opt = FoldState(), None
     last_w, last_s = fold_dir / "last.safetensors", fold_dir / "last_state.pt"
-    inputs = fold_inputs(images, folds, cfg.data_dir, depth)
     saved, why = fold_files.saved_state(fold_dir) if cfg.resume else (None, "")
     if saved is not None:
         why = _why_not_resume(saved, cfg, inputs)

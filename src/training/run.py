@@ -14,6 +14,7 @@ import pandas as pd
 from src.config import TrainConfig, idle_flags
 from src.data import image_cache
 from src.data.depth import load_for_config
+from src.data.fingerprint import fold_inputs
 from src.data.folds import make_folds, read_fold_csv
 from src.data.photos import check_photos
 from src.data.schema import load_train
@@ -53,9 +54,10 @@ def run(cfg: TrainConfig) -> dict | None:
     depth = load_for_config(cfg, "train", images["image_id"].tolist())
     halves = image_cache.load_for_config(cfg, "train", images["image_id"].tolist())
     info = setup(cfg.device)
-    # Every photo decoded once now, unless the image cache already did: a damaged one stops the run here.
-    sizes = check_photos(cfg.data_dir, images, decode=halves is None, warn=info.is_main)
     try:
+        # Every photo decoded once now, unless the image cache already did: a damaged one stops the run here.
+        sizes = check_photos(cfg.data_dir, images, decode=halves is None, warn=info.is_main)
+        inputs = fold_inputs(images, folds, cfg.data_dir, depth)  # what every fold's resume must match
         per_rank = per_rank_batch(cfg.batch_size, info, cfg.grad_accum)
         todo = cfg.folds or sorted(set(folds))
         if info.is_main:
@@ -66,7 +68,7 @@ def run(cfg: TrainConfig) -> dict | None:
             with fold_lock(cfg.output_dir, k) if info.is_main else contextlib.nullcontext():
                 if info.is_main:
                     remove_stale_temporaries(Path(cfg.output_dir) / f"fold{k}")
-                train_fold(cfg, info, images, folds, k, per_rank, depth, halves)
+                train_fold(cfg, info, images, folds, k, per_rank, inputs, depth, halves)
         if not info.is_main:
             return None
         # Only a run over every fold merges; one-fold jobs (the pipeline's) leave that to the merge rule.
