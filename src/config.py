@@ -151,6 +151,12 @@ RUNTIME_ONLY = {"resume", "num_workers", "device", "output_dir", "folds", "data_
                 "image_cache_dir"}
 
 
+def default_of(name: str) -> Any:
+    """A field's default (a fresh list for list fields)."""
+    f = FIELDS[name]
+    return f.default if f.default is not dataclasses.MISSING else f.default_factory()
+
+
 def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
@@ -165,7 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     for f in dataclasses.fields(TrainConfig):
         m = f.metadata
         g = groups.setdefault(m["group"], p.add_argument_group(m["group"]))
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        default = default_of(f.name)
         # argparse.SUPPRESS: only flags actually given override the YAML/dataclass defaults.
         if isinstance(default, bool):
             no = m["no_flag"] or "--no-" + f.name.replace("_", "-")
@@ -218,8 +224,7 @@ _TYPES = {
 def _typed(name: str, value: Any, source: str) -> Any:
     """``value`` as the field's type, or one line naming the key, the value and the type it needs.
     YAML and Snakemake overrides arrive untyped: "8" is not 8, and "no" is not False."""
-    f = FIELDS[name]
-    default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+    default = default_of(name)
     accepts, kind = _TYPES[type(default)]
     if not accepts(value):
         raise UserError(f"{source}: {name} = {value!r} ({type(value).__name__}) must be {kind}, like {default!r}")

@@ -12,7 +12,6 @@ under the mutant, or when no test guards it. Before the mutants, the guard tests
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import re
@@ -26,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
 
-from src.config import FIELDS, build_parser  # noqa: E402
+from src.config import build_parser, default_of  # noqa: E402
 
 GUIDE_FLAGS = [ROOT.parent / "shared" / "seed" / "flags.txt", HERE / "flags.txt"]
 FAILED = re.compile(r"^(?:FAILED|ERROR) (\S+)", re.M)
@@ -44,8 +43,7 @@ def mutant(flag: str) -> tuple[str, object]:
         return action.dest, False
     if action.const is False:  # store_false
         return action.dest, True
-    f = FIELDS[action.dest]
-    return action.dest, f.default if f.default is not dataclasses.MISSING else f.default_factory()
+    return action.dest, default_of(action.dest)
 
 
 def pytest(flag: str | None, env_extra: dict[str, str]) -> tuple[int, str, float]:
