@@ -1,6 +1,7 @@
 """The Snakemake pipeline: lint, SLURM dry run, config errors before any job, and a real run
 versioned by DVC (repro -> push -> pull into a fresh clone -> nothing left to do)."""
 
+import json
 import os
 import shlex
 import subprocess
@@ -51,8 +52,10 @@ def test_slurm_profile_dry_run_asks_for_gpus_and_torchrun(repo):
     assert profile["executor"] == "slurm"
     assert "tasks" not in str(profile["set-resources"]["train"]) and "gres" not in str(profile)
     assert "cpus_per_task" not in str(profile)  # CPUs follow each rule's threads, never a fixed count
-    _run([sys.executable, "-m", "src.synth", "--out", "data/raw", "--n-train", "24", "--n-test", "4",
-          "--width", "128", "--height", "64"], repo)  # fmt: skip
+    assert "mem_mb" in profile["set-resources"]["train"] and "runtime" in profile["set-resources"]["train"]
+    partitions = yaml.safe_load((repo / profile["slurm-partition-config"]).read_text())["partitions"]
+    assert sorted(p["max_gpu"] > 0 for p in partitions.values() if "max_gpu" in p) == [True]  # CPU jobs avoid it
+    _real_data(repo)
     out = _snake("--workflow-profile", "profiles/slurm", "--configfile", "config/config.yaml", "--jobs", "4", "-n", "-p",
                  cwd=repo)  # fmt: skip
     text = out.stdout + out.stderr
@@ -67,6 +70,45 @@ def test_slurm_profile_dry_run_asks_for_gpus_and_torchrun(repo):
     one = _snake(*argv[1:], "-n", cwd=repo)
     text = one.stdout + one.stderr
     assert "results/models/M1/fold4/metrics.json" in text and "models/M2/" not in text and "rule blend" not in text
+
+
+def _real_data(repo):
+    _run([sys.executable, "-m", "src.synth", "--out", "data/raw", "--n-train", "24", "--n-test", "4",
+          "--width", "128", "--height", "64"], repo)  # fmt: skip
+
+
+@pytest.mark.parametrize("visible, launcher, note", [
+    ("", " python -m src.dinov3_train --config", "runs on the CPU"),
+    ("0", " python -m src.dinov3_train --config", "runs on 1"),
+    ("0,1,2", "torchrun --standalone --nproc_per_node=2 -m src.dinov3_train", None),
+])  # fmt: skip
+def test_local_runs_give_gpu_jobs_only_the_visible_gpus(repo, monkeypatch, visible, launcher, note):
+    """config.yaml asks 2 GPUs per fold job; locally a job gets at most what CUDA_VISIBLE_DEVICES shows."""
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+    _real_data(repo)
+    out = _snake("--configfile", "config/config.yaml", "-n", "-p", "results/models/M1/fold0/metrics.json", cwd=repo)
+    text = out.stdout + out.stderr
+    assert launcher in text, text[-3000:]
+    assert (note in text) if note else ("note: train.gpus" not in text)
+
+
+def test_a_slurm_run_stops_before_submitting_a_job_no_node_can_hold(repo, tmp_path):
+    """A real (not dry) run through profiles/slurm, with sinfo reporting one 2-CPU node without GPUs."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "sinfo").write_text("#!/bin/sh\necho 'node1 2 23000 (null)'\n")
+    (bin_dir / "sbatch").write_text(f"#!/bin/sh\ntouch {tmp_path}/SUBMITTED\nexit 1\n")
+    for f in bin_dir.iterdir():
+        f.chmod(0o755)
+    _real_data(repo)
+    env = {**_env(), "PATH": f"{bin_dir}{os.pathsep}{_env()['PATH']}"}
+    out = subprocess.run([sys.executable, "-m", "snakemake", "--workflow-profile", "profiles/slurm", "--configfile",
+                          "config/config.yaml"], cwd=repo, env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    text = out.stdout + out.stderr
+    assert out.returncode != 0
+    assert "rule train asks for 8 CPUs, 64000 MB and 2 GPUs per job, but the largest SLURM node has 2 CPUs" in text, text[-3000:]
+    assert "--set-resources train:mem_mb=23000" in text
+    assert not (tmp_path / "SUBMITTED").exists()
 
 
 @pytest.mark.parametrize("edit, words", [
@@ -99,11 +141,21 @@ def test_paths_with_spaces_quotes_and_dollars_are_one_argument_each(repo):
     data, results = "data/my data's $(touch INJECTED1)", "results/r;touch INJECTED2 $HOME"
     cfg.update(data_dir=data, results_dir=results)
     (repo / "config/odd.yaml").write_text(yaml.safe_dump(cfg))
-    _snake("--configfile", "config/odd.yaml", "--cores", "1", f"{data}/trainfold_group_location.csv", cwd=repo)
-    folds = pd.read_csv(repo / data / "trainfold_group_location.csv")
+    _snake("--configfile", "config/odd.yaml", "--cores", "1", f"{results}/folds/trainfold_group_location.csv", cwd=repo)
+    folds = pd.read_csv(repo / results / "folds/trainfold_group_location.csv")
     assert len(folds) == cfg["demo_data"]["n_train"] and folds["fold"].nunique() == cfg["folds"]["n_folds"]
     assert (repo / results / "logs/folds.log").exists()
     assert not list(repo.rglob("INJECTED*"))
+
+
+def test_the_catalog_test_config_runs_from_another_working_directory(repo):
+    """`snakemake --directory .test`: model configs and the jobs' `python -m src...` still resolve."""
+    out = _snake("--directory", ".test", "--configfile", ".test/config/config.yaml", "--cores", "1",
+                 "results/test/folds/trainfold_group_location.csv", cwd=repo)  # fmt: skip
+    assert len(pd.read_csv(repo / ".test/results/test/folds/trainfold_group_location.csv")) == 36, out.stderr[-2000:]
+    dry = _snake("--directory", ".test", "--configfile", ".test/config/config.yaml", "-n", "-p", cwd=repo)
+    assert "--config ../config/models/baseline.yaml" in dry.stdout + dry.stderr
+    assert not (repo / "results").exists() and not (repo / "data").exists()
 
 
 def _dvc(*args, cwd):
@@ -124,8 +176,8 @@ def test_pipeline_runs_and_round_trips_through_dvc(repo, tmp_path):
     cfg.update(data_dir="data/raw", results_dir="results")
     cfg["folds"]["csv"] = "data/trainfold_group_location.csv"
     (repo / "config/roundtrip.yaml").write_text(yaml.safe_dump(cfg))
-    params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["configfile"] = "config/roundtrip.yaml"
+    params = dict(configfile="config/roundtrip.yaml", data_dir="data/raw", results_dir="results",
+                  fold_csv=cfg["folds"]["csv"])  # fmt: skip
     (repo / "params.yaml").write_text(yaml.safe_dump(params))
 
     _git("init", "-q", cwd=repo)
@@ -161,14 +213,17 @@ def test_pipeline_runs_and_round_trips_through_dvc(repo, tmp_path):
     _git("add", "-A", cwd=repo)
     _git("commit", "-qm", "results", cwd=repo)
     tracked = _run(["git", "ls-files", "results"], repo).stdout.split()
-    assert tracked == ["results/ensemble/oof_metrics.json"]  # the DVC metric lives in git; the rest in DVC
+    # the DVC metrics and plot data live in git; the rest in DVC
+    assert tracked[0] == "results/metrics/curves/baseline.csv" and "results/metrics/models.json" in tracked
+    assert all(t.startswith("results/metrics/") for t in tracked), tracked
     clone = tmp_path / "clone"
     _run(["git", "clone", "-q", str(repo), str(clone)], tmp_path)
     _dvc("pull", "-q", cwd=clone)
     assert (clone / "results/ensemble/submission.csv").read_text() == (res / "ensemble/submission.csv").read_text()
     assert "up to date" in _dvc("status", cwd=clone).stdout
-    shown = _dvc("metrics", "show", cwd=clone).stdout
-    assert "weighted_r2" in shown and "results/ensemble/oof_metrics.json" in shown
+    shown = json.loads(_dvc("metrics", "show", "--json", cwd=clone).stdout)
+    committed = json.loads((res / "metrics/models.json").read_text())
+    assert shown[""]["data"]["results/metrics/models.json"]["data"] == committed, shown
     _snake("--touch", "--configfile", "config/roundtrip.yaml", cwd=clone)
     dry = _snake("-n", "--configfile", "config/roundtrip.yaml", cwd=clone)
     assert "Nothing to be done" in dry.stdout + dry.stderr
@@ -188,8 +243,17 @@ def test_pipeline_runs_and_round_trips_through_dvc(repo, tmp_path):
         assert "inputs changed since the saved run (fold assignment): starting over" in log, log[-2000:]
 
 
-def test_params_yaml_matches_the_real_config():
+def test_params_yaml_matches_its_config_and_every_model_is_a_dvc_param():
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     cfg = yaml.safe_load((REPO / params["configfile"]).read_text())
     assert params["data_dir"] == cfg["data_dir"] and params["results_dir"] == cfg["results_dir"]
-    assert params["fold_csv"] == cfg["folds"]["csv"]
+    fold_csv = (cfg.get("folds") or {}).get("csv") or f"{cfg['results_dir']}/folds/trainfold_{cfg['folds']['strategy']}.csv"
+    assert params["fold_csv"] == fold_csv
+    stage = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]["pipeline"]
+    declared = {next(iter(p)) for p in stage["params"] if isinstance(p, dict)}
+    assert {f"config/models/{p.name}" for p in (REPO / "config/models").glob("*.yaml")} <= declared
+    real = yaml.safe_load((REPO / "config/config.yaml").read_text())  # the real values, in params.yaml's comments
+    text = (REPO / "params.yaml").read_text()
+    for key, value in (("data_dir", real["data_dir"]), ("results_dir", real["results_dir"]),
+                       ("fold_csv", real["folds"]["csv"])):
+        assert f"#   {key}: {value}" in text

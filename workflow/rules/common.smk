@@ -1,5 +1,6 @@
 # Helpers shared by the rules: config validation (before any job starts), paths, trainer flags.
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -8,9 +9,12 @@ from snakemake.utils import validate
 
 REPO = Path(workflow.basedir).parent
 sys.path.insert(0, str(REPO))  # the src package, from the repository root
+# The jobs' `python -m src...` too, whatever the working directory (--directory .test, cluster jobs).
+shell.prefix(f"export PYTHONPATH={shlex.quote(str(REPO))}:$PYTHONPATH; ")
 
 from src.config import from_dict, load_yaml, to_argv  # noqa: E402
 from src.errors import UserError  # noqa: E402
+from src.targets import SHORT  # noqa: E402
 
 if not config:
     raise WorkflowError("no config: run with --configfile config/config.yaml (real data) or config/demo.yaml")
@@ -19,9 +23,12 @@ validate(config, schema="../schemas/config.schema.yaml")
 DATA = config["data_dir"]
 RESULTS = config["results_dir"]
 N_FOLDS = config["folds"]["n_folds"]
-FOLD_CSV = config["folds"].get("csv") or f"{DATA}/trainfold_{config['folds']['strategy']}.csv"
+# The default fold CSV is a product of the run, not part of its data folder (which DVC tracks as a
+# dependency of the pipeline stage: an output inside it could not be versioned).
+FOLD_CSV = config["folds"].get("csv") or f"{RESULTS}/folds/trainfold_{config['folds']['strategy']}.csv"
 FOLDS = config["train"].get("folds") or list(range(N_FOLDS))
 MODELS = config["models"]
+TARGET_NAMES = list(SHORT.values())  # short target names: green, dead, clover, gdm, total
 TINY_DEPTH = f"{RESULTS}/depth/tiny-da2"
 
 
@@ -38,7 +45,8 @@ def _fail(msg):
 
 
 def model_yaml(model):
-    return f"config/models/{model}.yaml"
+    """The model's config, relative to the working directory (which --directory may move)."""
+    return os.path.relpath(REPO / "config" / "models" / f"{model}.yaml")
 
 
 def depth_model():
@@ -64,7 +72,7 @@ def pipeline_values():
 
 def trainer_values(model):
     """The model's YAML, overridden by the pipeline (the command line does the same at run time)."""
-    return {**load_yaml(REPO / model_yaml(model)), **pipeline_values()}
+    return {**load_yaml(model_yaml(model)), **pipeline_values()}
 
 
 # --- checks that stop a wrong config before any job starts ---------------------------------------
@@ -79,7 +87,7 @@ if "demo_data" not in config and not Path(DATA, "train.csv").exists():
     )
 TRAINER = {}
 for _m in MODELS:
-    if not (REPO / model_yaml(_m)).exists():
+    if not Path(model_yaml(_m)).exists():
         known = sorted(p.stem for p in (REPO / "config/models").glob("*.yaml"))
         _fail(f"unknown model {_m!r}: no {model_yaml(_m)}; known models: {', '.join(known)}")
     try:
@@ -125,5 +133,5 @@ def trainer_flags():
 
 def all_targets():
     out = [f"{RESULTS}/models/{m}/oof_metrics.json" for m in MODELS]
-    out += [f"{RESULTS}/ensemble/submission.csv", f"{RESULTS}/report/model_table.md"]
+    out += [f"{RESULTS}/ensemble/submission.csv", f"{RESULTS}/report/model_table.md", f"{RESULTS}/metrics/models.json"]
     return out

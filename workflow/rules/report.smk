@@ -32,3 +32,28 @@ rule report:
     shell:
         "MPLBACKEND=Agg python -m src.report --results-dir {params.results:q} --models {params.models:q} "
         "--out-dir {params.report_dir:q} > {log:q} 2>&1"
+
+
+rule dvc_metrics:
+    input:
+        oof=expand(f"{RESULTS}/models/{{model}}/oof_metrics.json", model=MODELS),
+        ensemble=f"{RESULTS}/ensemble/oof_metrics.json",
+    output:
+        # dvc.yaml's metrics and plots (git keeps them): what `dvc exp show` and `dvc plots show` read
+        scores=f"{RESULTS}/metrics/models.json",
+        # files, not directory(): Snakemake would add its timestamp file to what git and DVC keep
+        curves=expand(f"{RESULTS}/metrics/curves/{{model}}.csv", model=MODELS),
+        scatter=expand(f"{RESULTS}/metrics/pred_vs_true/{{target}}.csv", target=TARGET_NAMES),
+    log:
+        f"{RESULTS}/logs/dvc_metrics.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/dvc_metrics.tsv"
+    conda:
+        "../envs/pipeline.yaml"
+    params:
+        results=lambda wc, output: os.path.dirname(os.path.dirname(output.scores)),
+        out=lambda wc, output: os.path.dirname(output.scores),
+        models=MODELS,
+    shell:
+        "python -m src.dvc_metrics --results-dir {params.results:q} --models {params.models:q} --out-dir {params.out:q} "
+        "> {log:q} 2>&1"

@@ -19,12 +19,10 @@ rule train:
         "../envs/pipeline.yaml"
     threads: config["train"]["threads"]
     resources:
-        gpu=config["train"]["gpus"],
-        runtime=config["train"]["runtime_min"],
-        mem_mb=config["train"]["mem_mb"],
+        gpu=config["train"]["gpus"],  # runtime and mem_mb: the profiles' set-resources
     params:
         data=lambda wc: DATA,
-        launcher=launcher(config["train"]["gpus"]),
+        launcher=lambda wc, resources: launcher(resources.gpu),  # gpu as scaled to the machine
         flags=trainer_flags(),
         out=lambda wc, output: os.path.dirname(os.path.dirname(output[0])),
     shell:
