@@ -130,6 +130,13 @@ class TrainConfig:
     batch_size: int = opt(16, "effective batch size (split across DDP ranks automatically)", "training")
     grad_accum: int = opt(1, "gradient accumulation steps per optimiser step", "training")
     grad_clip: float = opt(1.0, "max gradient norm (0 = off)", "training")
+    ema: bool = opt(False, "validate, checkpoint and predict with an exponential moving average of the weights (timm "
+                    "ModelEmaV3, with its warm-up), restarted at each stage from the weights the stage starts with",
+                    "training")
+    ema_decay: float = opt(0.999, "EMA decay per optimiser update (timm's warm-up uses less during the first updates)",
+                           "training")
+    swa_top_k: int = opt(0, "average the weights of the K best epochs of the last stage (by val weighted_r2) into the "
+                         "fold's final weights and OOF; 0 or 1: the best epoch alone", "training")
 
     # --- cross-validation ----------------------------------------------------------------------
     use_predefined_folds: bool = opt(True, "read folds from --fold-csv", "cv", no_flag="--no-predefined-folds")
@@ -276,6 +283,10 @@ def validate(cfg: TrainConfig, source: str = "config") -> None:
                  "grad_clip", "warmup_epochs"):  # fmt: skip
         if getattr(cfg, name) < 0:
             raise UserError(f"{source}: {flag(name)} {getattr(cfg, name)} must be >= 0")
+    if not 0 < cfg.ema_decay < 1:
+        raise UserError(f"{source}: --ema-decay {cfg.ema_decay} must be within 0..1 (exclusive), e.g. 0.999")
+    if cfg.swa_top_k < 0:
+        raise UserError(f"{source}: --swa-top-k {cfg.swa_top_k} must be >= 0")
     if cfg.stage1_patience < 1:
         raise UserError(f"{source}: --stage1-patience {cfg.stage1_patience} must be >= 1 (epochs without gain)")
     planned = cfg.freeze_epochs + cfg.stage2_epochs if cfg.two_stage else cfg.epochs

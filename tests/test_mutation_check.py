@@ -39,3 +39,5 @@ def test_every_guide_flag_has_a_mutant_that_undoes_it():
     assert check.mutant("--no-train-clover") == ("train_clover", True)
     assert check.mutant("--no-predefined-folds") == ("use_predefined_folds", True)
     assert check.mutant("--folds") == ("folds", [])
+    assert check.extra_flags()[:3] == ["--ema", "--ema-decay", "--swa-top-k"]
+    assert check.mutant("--ema-decay") == ("ema_decay", 0.999)

@@ -70,10 +70,11 @@ def test_two_stage_run_writes_every_output(demo_data, tmp_path):
     assert not (out / "oof_metrics.json").exists()  # one fold of five: merging is the pipeline's job
 
 
-def test_ddp_two_ranks_match_one_process(demo_data, tmp_path):
+@pytest.mark.parametrize("extra", [(), ("--ema", "--ema-decay", "0.9", "--swa-top-k", "2")], ids=["plain", "ema+swa"])
+def test_ddp_two_ranks_match_one_process(demo_data, tmp_path, extra):
     # Stage 1 on the frozen-feature cache, Stage 2 on the live backbone: both must match.
     common = ("--folds", "0", "--freeze-epochs", "2", "--stage1-patience", "5", "--stage2-epochs", "2",
-              "--batch-size", "16", "--warmup-epochs", "0.5")  # fmt: skip
+              "--batch-size", "16", "--warmup-epochs", "0.5", *extra)  # fmt: skip
     _train(demo_data, tmp_path / "single", *common)
     ddp = _train(demo_data, tmp_path / "ddp", *common, torchrun=2)
     assert "DDP batch adjustment: 16 → 8/GPU (effective: 16)" in ddp.stdout
@@ -82,11 +83,13 @@ def test_ddp_two_ranks_match_one_process(demo_data, tmp_path):
     h1, h2 = pd.read_csv(tmp_path / "single/fold0/history.csv"), pd.read_csv(tmp_path / "ddp/fold0/history.csv")
     np.testing.assert_allclose(h1["weighted_r2"], h2["weighted_r2"], atol=1e-5)
     np.testing.assert_allclose(h1["train_loss"], h2["train_loss"], rtol=1e-5)
+    _assert_same_weights(tmp_path / "single/fold0/best.safetensors", tmp_path / "ddp/fold0/best.safetensors", 1e-5)
 
 
-def test_resume_after_kill_matches_uninterrupted(demo_data, tmp_path):
+@pytest.mark.parametrize("extra", [(), ("--ema", "--swa-top-k", "3")], ids=["plain", "ema+swa"])
+def test_resume_after_kill_matches_uninterrupted(demo_data, tmp_path, extra):
     common = ("--folds", "2", "--freeze-epochs", "3", "--stage1-patience", "5", "--stage2-epochs", "4",
-              "--batch-size", "8")  # fmt: skip
+              "--batch-size", "8", *extra)  # fmt: skip
     _train(demo_data, tmp_path / "full", *common)
     out = tmp_path / "killed"
     cmd = [sys.executable, "-m", "src.dinov3_train", *_args(demo_data, out, *common)]

@@ -72,6 +72,11 @@ class StateScaling(nn.Module):
         return grams * scale + bias  # unclipped: the reported masses are clipped once, at the end
 
 
+def compile_backbone(backbone: nn.Module) -> None:
+    # Compile the bound method, not the module: state_dict keys (checkpoints) stay unchanged.
+    backbone.forward_features = torch.compile(backbone.forward_features)
+
+
 class BiomassModel(nn.Module):
     def __init__(self, cfg: TrainConfig, stats: dict[str, torch.Tensor] | None = None, extras: dict | None = None,
                  weights: str | None = None):
@@ -86,8 +91,7 @@ class BiomassModel(nn.Module):
             cfg.backbone_size, cfg.backbone_weights if weights is None else weights, cfg.image_size, cfg.gradient_checkpointing
         )
         if cfg.compile:
-            # Compile the bound method, not the module: state_dict keys (checkpoints) stay unchanged.
-            self.backbone.forward_features = torch.compile(self.backbone.forward_features)
+            compile_backbone(self.backbone)
         dim = self.backbone.num_features
         self.num_prefix = self.backbone.num_prefix_tokens
         self.direct = direct_heads(cfg)

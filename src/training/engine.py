@@ -29,10 +29,11 @@ def _float(outputs: dict) -> dict:
 
 
 def train_one_epoch(model, raw_model, loader, criterion, optimizer, scheduler, info: DistInfo, *,
-                    grad_accum: int, grad_clip: float, updates_done: int, desc: str) -> tuple[dict[str, float], int]:
+                    grad_accum: int, grad_clip: float, updates_done: int, desc: str, ema=None) -> tuple[dict[str, float], int]:
     """Returns the mean loss and its components over the epoch (averaged over ranks) and the
     optimiser update count after it. Micro-batches beyond a whole number of updates are skipped
-    so every update sees exactly ``grad_accum`` micro-batches."""
+    so every update sees exactly ``grad_accum`` micro-batches. ``ema`` (timm ModelEmaV3) follows
+    every update; all ranks hold the same weights after one, so their EMAs stay equal too."""
     model.train()
     if raw_model.backbone_frozen:
         raw_model.backbone.eval()
@@ -59,6 +60,8 @@ def train_one_epoch(model, raw_model, loader, criterion, optimizer, scheduler, i
             optimizer.zero_grad(set_to_none=True)
             updates_done += 1
             scheduler.step_update(updates_done)
+            if ema is not None:
+                ema.update(raw_model, step=updates_done)
         b = len(batch["index"])
         n += b
         sums["loss"] = sums.get("loss", 0.0) + float(loss.detach()) * b

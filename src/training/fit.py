@@ -29,6 +29,7 @@ from src.models.biomass import BiomassModel, export_frame
 from src.targets import SHORT, TARGETS
 from src.training import checkpoint as ckpt
 from src.training import fold_files
+from src.training.averaging import TopK, make_ema
 from src.training.distributed import DistInfo, all_equal_check, barrier
 from src.training.engine import evaluate, train_one_epoch
 from src.training.feature_cache import CachedBatches, CachedValidation, FeatureCache
@@ -67,6 +68,8 @@ class FoldState:
     bad_epochs: int = 0
     stage2_start: int = -1
     history: list = field(default_factory=list)
+    top: list = field(default_factory=list)  # [score, epoch] of the last stage's best epochs (--swa-top-k)
+    swa: dict = field(default_factory=dict)  # the averaged weights' epochs and scores, once computed
 
 
 def _build_feature_caches(model, cfg, info, train_ds, val_ds, batch_size):
@@ -178,6 +181,8 @@ def train_fold(cfg: TrainConfig, info: DistInfo, images: pd.DataFrame, folds: pd
 
     hints = Hints(cfg)
     stages = plan_stages(cfg)
+    last_stage = max(i for i, s in enumerate(stages) if s.epochs > 0)
+    top = TopK(fold_dir, cfg.swa_top_k, state.top)
     caches = None  # (train, val) frozen-feature caches, built when a frozen stage first needs them
     for si in range(state.stage, len(stages)):
         stage = stages[si]
@@ -196,9 +201,12 @@ def train_fold(cfg: TrainConfig, info: DistInfo, images: pd.DataFrame, folds: pd
         wrapped = DDP(model, device_ids=[info.device.index] if info.device.type == "cuda" else None) if info.distributed else model
         optimizer = build_optimizer(model, cfg, stage.train_backbone)
         scheduler = build_scheduler(optimizer, cfg, stage.epochs, steps)
+        ema = make_ema(model, cfg)  # starts at the stage's first weights (Stage 2: Stage 1's best)
         if resume_opt is not None and state.stage_epoch > 0:  # mid-stage: the saved optimiser is this stage's
             optimizer.load_state_dict(resume_opt["optimizer"])
             scheduler.load_state_dict(resume_opt["scheduler"])
+            if ema is not None:
+                ema.module.load_state_dict(resume_opt["ema"], strict=True)
         else:
             scheduler.step_update(state.updates)
         resume_opt = None
@@ -209,8 +217,10 @@ def train_fold(cfg: TrainConfig, info: DistInfo, images: pd.DataFrame, folds: pd
             train_loss, state.updates = train_one_epoch(
                 wrapped, model, batches, criterion, optimizer, scheduler, info, grad_accum=cfg.grad_accum,
                 grad_clip=cfg.grad_clip, updates_done=state.updates, desc=f"fold {fold} {stage.name} ep {state.stage_epoch + 1}",
+                ema=ema,
             )
-            val_out, val_loss = evaluate(model, val_batches, criterion, info.device)
+            judged = model if ema is None else ema.module  # what is validated is what is saved
+            val_out, val_loss = evaluate(judged, val_batches, criterion, info.device)
             scores = summary(val[list(TARGETS)].to_numpy(), val_out["pred"], val["State"].to_numpy())
             row = {"epoch": state.epoch, "stage": stage.name, **{f"lr_{k}": v for k, v in current_lrs(optimizer).items()},
                    **{f"train_{k}" if k != "loss" else "train_loss": v for k, v in train_loss.items()},
@@ -226,8 +236,10 @@ def train_fold(cfg: TrainConfig, info: DistInfo, images: pd.DataFrame, folds: pd
             if score > state.best:
                 state.best, state.best_epoch = score, state.epoch
                 if info.is_main:
-                    ckpt.save_weights(model, fold_dir / "best.safetensors", cfg, extras)
+                    ckpt.save_weights(judged, fold_dir / "best.safetensors", cfg, extras)
                     write_parquet(fold_dir / "oof.parquet", oof_frame(val, fold, val_out))
+            if si == last_stage and np.isfinite(score):
+                top.offer(score, state.epoch, judged, info.is_main)
             if score > state.stage_best:
                 state.stage_best, state.bad_epochs = score, 0
             else:
@@ -249,24 +261,48 @@ def train_fold(cfg: TrainConfig, info: DistInfo, images: pd.DataFrame, folds: pd
                 ckpt.save_weights(model, last_w, metadata={"epoch": str(state.epoch)})
                 ckpt.save_state(last_s, {"fold_state": state.__dict__, "model": ckpt.cpu_state(model),
                                          "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                                         "config": cfg.to_dict(), "inputs": inputs})
+                                         "config": cfg.to_dict(), "inputs": inputs,
+                                         **({"ema": ckpt.cpu_state(ema.module)} if ema is not None else {})})
             barrier(info)
+            top.prune(info.is_main)  # only now: the committed state no longer lists what it drops
             if stop_stage:
                 if info.is_main:
                     print(f"fold {fold}: no weighted_r2 gain for {stage.patience} epochs, leaving {stage.name}", flush=True)
                 break
+    if top.active and len(top.kept) > 1 and not state.swa:
+        _average_top_k(model, top, state, cfg, info, val, val_loader, criterion, fold, extras)
     result = fold_metrics(fold_dir, state)
     if info.is_main:
         # A finished fold needs no optimiser state to resume (it has nothing left to do): keep it small.
         ckpt.save_state(last_s, {"fold_state": state.__dict__, "config": cfg.to_dict(), "inputs": inputs})
+    top.clear(info.is_main)  # after the commit: a kill before it redoes the average from the files
     if state.best_epoch < 0:
         raise UserError(f"fold {fold}: no epoch gave a finite validation weighted_r2 in {state.epoch} epochs (the loss "
                         f"diverged?); lower --lr / --backbone-lr. {fold_dir} has no best.safetensors, OOF or metrics.json")
     if info.is_main:
         write_json(fold_dir / "metrics.json", result)
-        print(f"fold {fold}: best weighted_r2 {state.best:.4f} at epoch {state.best_epoch}", flush=True)
+        saved = f"; saved: the average of epochs {state.swa['epochs']} ({state.swa['weighted_r2']:.4f})" if state.swa else ""
+        print(f"fold {fold}: best weighted_r2 {state.best:.4f} at epoch {state.best_epoch}{saved}", flush=True)
     barrier(info)
     return result
+
+
+def _average_top_k(model, top: TopK, state: FoldState, cfg: TrainConfig, info: DistInfo, val: pd.DataFrame, val_loader,
+                   criterion, fold: int, extras: dict) -> None:
+    """The mean of the kept epochs' weights becomes the fold's final weights and OOF (scored on
+    the images, not on cached features, whichever stage came last)."""
+    barrier(info)  # rank 0 wrote the files
+    model.load_state_dict(top.average(), strict=True)
+    val_out, _ = evaluate(model, val_loader, criterion, info.device)
+    scores = summary(val[list(TARGETS)].to_numpy(), val_out["pred"], val["State"].to_numpy())
+    state.swa = {"epochs": top.epochs(), **scores}
+    fold_dir = top.folder.parent
+    if info.is_main:
+        ckpt.save_weights(model, fold_dir / "best.safetensors", cfg, extras)
+        write_parquet(fold_dir / "oof.parquet", oof_frame(val, fold, val_out))
+        print(f"fold {fold}: --swa-top-k {cfg.swa_top_k}: weights of epochs {top.epochs()} averaged, weighted_r2 "
+              f"{scores['weighted_r2']:.4f} (the best epoch alone: {state.best:.4f})", flush=True)
+    barrier(info)
 
 
 def _why_not_resume(saved: dict, cfg: TrainConfig, inputs: dict[str, str]) -> str:
@@ -284,7 +320,9 @@ def _changed_settings(saved: dict, cfg: TrainConfig) -> list[str]:
 
 
 def fold_metrics(fold_dir: Path, state: FoldState) -> dict:
-    best = state.history[state.best_epoch] if state.best_epoch >= 0 else {}
+    """The scores of the saved weights: the best epoch's, or with --swa-top-k the average's."""
+    best = state.swa or (state.history[state.best_epoch] if state.best_epoch >= 0 else {})
     keys = ["weighted_r2", "weighted_r2_log", *[f"r2_{SHORT[t]}" for t in TARGETS]]
     return {**{k: best.get(k) for k in keys}, "best_epoch": state.best_epoch,
+            **({"swa_epochs": state.swa["epochs"]} if state.swa else {}),
             "stage2_start_epoch": state.stage2_start if state.stage2_start >= 0 else None, "epochs": state.epoch}

@@ -1,12 +1,13 @@
 """Mutation check of the trainer's flags: a test must fail when a flag's effect is removed.
 
 For every flag of the user's guide (``../shared/seed/flags.txt``, else the copy beside this file)
+and every flag added beyond it (``extra_flags.txt``)
 the check pins the flag's TrainConfig field for the project's code (``sitecustomize.py``): a
 value flag to its default, ``--x`` to False and ``--no-x`` to True. It then runs the tests marked
 ``@pytest.mark.guards("--x")`` and expects one to fail. A flag survives when its tests pass
 under the mutant, or when no test guards it. Before the mutants, the guard tests must pass.
 
-    python tests/mutation/check.py [--flags --lr --seed] [--jobs 2]    (make mutation)
+    python tests/mutation/check.py [--flags lr seed] [--jobs 2]    (make mutation)
 """
 
 from __future__ import annotations
@@ -28,12 +29,17 @@ sys.path.insert(0, str(ROOT))
 from src.config import build_parser, default_of  # noqa: E402
 
 GUIDE_FLAGS = [ROOT.parent / "shared" / "seed" / "flags.txt", HERE / "flags.txt"]
+EXTRA_FLAGS = HERE / "extra_flags.txt"  # flags added beyond the guide
 FAILED = re.compile(r"^(?:FAILED|ERROR) (\S+)", re.M)
 
 
 def guide_flags() -> list[str]:
     path = next(p for p in GUIDE_FLAGS if p.is_file())
     return [line.strip() for line in path.read_text().splitlines() if line.strip().startswith("--")]
+
+
+def extra_flags() -> list[str]:
+    return [line.strip() for line in EXTRA_FLAGS.read_text().splitlines() if line.strip().startswith("--")]
 
 
 def mutant(flag: str) -> tuple[str, object]:
@@ -77,11 +83,12 @@ def table(rows: list[dict]) -> str:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--flags", nargs="+", help="only these flags (default: all of the guide's)")
+    p.add_argument("--flags", nargs="+", help="only these flags, without their dashes: lr use-huber (default: the "
+                   "guide's and extra_flags.txt's)")
     p.add_argument("--jobs", type=int, default=2, help="mutants tested at once")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "flag_mutation.md"))
     args = p.parse_args(argv)
-    flags = args.flags or guide_flags()
+    flags = [f"--{f.lstrip('-')}" for f in args.flags] if args.flags else guide_flags() + extra_flags()
 
     rc, out, secs = pytest(None, {})
     if rc != 0:

@@ -1,0 +1,119 @@
+"""Weight averaging (src/training/averaging.py): the EMA follows every update with timm's warm-up
+and is what is validated, saved and predicted; --swa-top-k saves the mean of the last stage's K
+best epochs as the fold's weights and OOF. Both checkpoints load in prediction without a flag."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from safetensors.torch import load_file
+from timm.utils.model_ema import ModelEmaV3
+
+from src.config import TrainConfig
+from src.data.schema import load_train
+from src.errors import UserError
+from src.inference import load_fold_models, predict_images
+from src.targets import TARGETS
+from src.training import averaging
+from src.training import run as run_module
+
+guards = pytest.mark.guards
+TINY = dict(backbone_size="tiny", backbone_weights="none", image_size=32, use_depth=False, depth_attention=False)
+
+
+def _run(data, out, **kw):
+    settings = dict(data_dir=str(data), fold_csv=str(data / "trainfold_group_location.csv"), output_dir=str(out),
+                    folds=[0], two_stage=False, epochs=1, batch_size=8, num_workers=0, device="cpu", **TINY)
+    run_module.run(TrainConfig(**{**settings, **kw}))
+    return out / "fold0"
+
+
+def _assert_predict_reproduces_oof(fold_dir, data):
+    """The saved checkpoint, loaded the usual way, gives the fold's OOF: what was scored is what was saved."""
+    models = load_fold_models(fold_dir.parent, "cpu")
+    oof = pd.read_parquet(fold_dir / "oof.parquet")
+    images = load_train(data).set_index("image_id").loc[oof["image_id"]].reset_index()
+    pred = predict_images(models, images, data, tta=False, batch_size=4)
+    want = oof[[f"pred_{t}" for t in TARGETS]].to_numpy(np.float64, copy=True)
+    want[:, TARGETS.index("Dry_Total_g")] = want[:, :3].sum(1)  # Total as prediction reports it
+    np.testing.assert_allclose(pred, want, rtol=1e-5, atol=1e-4)
+
+
+@guards("--ema", "--ema-decay")
+def test_ema_follows_every_update_and_is_what_is_saved(demo_data, tmp_path, monkeypatch):
+    seen, real = [], ModelEmaV3.update
+
+    def spy(self, model, step=None):
+        seen.append((step, {k: v.detach().clone() for k, v in model.state_dict().items()}))
+        return real(self, model, step)
+
+    first = {}
+    real_init = ModelEmaV3.__init__
+
+    def init_spy(self, model, **kw):
+        first.update({k: v.detach().clone() for k, v in model.state_dict().items()})
+        real_init(self, model, **kw)
+
+    monkeypatch.setattr(ModelEmaV3, "update", spy)
+    monkeypatch.setattr(ModelEmaV3, "__init__", init_spy)
+    fold = _run(demo_data, tmp_path / "ema", ema=True, ema_decay=0.5)
+    assert [s for s, _ in seen] == list(range(1, len(seen) + 1)) and len(seen) >= 4  # every update, counted
+    expected = dict(first)
+    for step, weights in seen:  # timm's warm-up: decay 1 - t^(-2/3) after the first update, capped at 0.5
+        decay = 0.0 if step <= 1 else min(0.5, 1 - step ** (-2 / 3))
+        expected = {k: (decay * expected[k] + (1 - decay) * w) if w.is_floating_point() else w for k, w in weights.items()}
+    best, last = load_file(str(fold / "best.safetensors")), load_file(str(fold / "last.safetensors"))
+    worst = max(float((best[k].float() - expected[k].float()).abs().max()) for k in best)
+    assert worst < 1e-5, worst  # the one epoch is the best one: its EMA is the saved model
+    assert any(not torch.equal(best[k], last[k]) for k in best)  # the raw weights went on without it
+    _assert_predict_reproduces_oof(fold, demo_data)
+
+
+@guards("--swa-top-k")
+def test_swa_top_k_saves_the_mean_of_the_last_stages_best_epochs(demo_data, tmp_path, monkeypatch):
+    averaged, real = [], averaging.average_state
+
+    def spy(paths):
+        averaged.append(([int(p.stem.removeprefix("epoch")) for p in paths], [load_file(str(p)) for p in paths]))
+        return real(paths)
+
+    monkeypatch.setattr(averaging, "average_state", spy)
+    fold = _run(demo_data, tmp_path / "swa", two_stage=True, freeze_epochs=2, stage1_patience=5, stage2_epochs=4,
+                swa_top_k=3)  # fmt: skip
+    hist = pd.read_csv(fold / "history.csv")
+    stage2 = hist[hist["stage"] == "stage2"].sort_values("weighted_r2", ascending=False, kind="stable")
+    [(epochs, states)] = averaged
+    assert epochs == sorted(stage2["epoch"].head(3).tolist())  # the last stage's 3 best, Stage 1 never
+    best = load_file(str(fold / "best.safetensors"))
+    for k, v in best.items():
+        if v.is_floating_point():
+            torch.testing.assert_close(v, torch.stack([s[k] for s in states]).mean(0), rtol=1e-6, atol=1e-6)
+    metrics = json.loads((fold / "metrics.json").read_text())
+    assert metrics["swa_epochs"] == epochs and not (fold / "top").exists()
+    oof = pd.read_parquet(fold / "oof.parquet")
+    assert len(oof) and metrics["weighted_r2"] not in hist["weighted_r2"].tolist()  # scored as averaged
+    _assert_predict_reproduces_oof(fold, demo_data)
+
+
+def test_top_k_keeps_the_best_and_deletes_only_after_the_commit(tmp_path):
+    model = torch.nn.Linear(2, 1)
+    top = averaging.TopK(tmp_path, 2, [])
+    for epoch, score in enumerate([0.1, 0.5, 0.3, 0.2]):
+        with torch.no_grad():
+            model.weight.fill_(epoch)
+        top.offer(score, epoch, model, is_main=True)
+    assert top.kept == [[0.5, 1], [0.3, 2]]
+    assert len(list(top.folder.glob("*.safetensors"))) == 3  # epoch 0 still on disk until prune
+    top.prune(is_main=True)
+    assert sorted(p.name for p in top.folder.iterdir()) == ["epoch0001.safetensors", "epoch0002.safetensors"]
+    assert top.average()["weight"].tolist() == [[1.5, 1.5]]
+
+
+@pytest.mark.parametrize("kw, words", [(dict(ema_decay=1.0), "--ema-decay"), (dict(swa_top_k=-1), "--swa-top-k")])
+def test_bad_averaging_values_are_refused(kw, words):
+    from src.config import validate
+
+    with pytest.raises(UserError, match=words):
+        validate(TrainConfig(**kw), "cli")
