@@ -8,7 +8,7 @@ export DVC_NO_ANALYTICS := 1
 export PATH := $(CURDIR)/.venv/bin:$(PATH)
 DEMO_DIR := data/demo
 
-.PHONY: demo test test-slow lint bench clean-demo mutation
+.PHONY: demo test test-slow lint bench clean-demo mutation slurm-acceptance
 
 .venv/.installed: requirements.txt
 	@test -x $(PY) || python3 -m venv .venv
@@ -49,3 +49,9 @@ bench: .venv/.installed
 # it must fail (tests/mutation/check.py; about 15 minutes here). Table: benchmarks/results/.
 mutation: .venv/.installed
 	python tests/mutation/check.py
+
+# SLURM acceptance run (as root, Debian; not part of `make test`): a real one-node SLURM cluster
+# on this machine for the run only, the demo through profiles/slurm (a few minutes here).
+# Wall time, job counts and partitions: benchmarks/results/slurm_acceptance.md.
+slurm-acceptance: .venv/.installed
+	bash tests/slurm/acceptance.sh

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from src.data.depth import build_cache, cache_path
+from src.data.photo_prep import PhotoPrep
 from src.errors import Parser, cli_main
 from src.models.depth_anything import BACKENDS, HUB_IDS, make_tiny, model_id
 
@@ -18,7 +19,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--backend", choices=BACKENDS, default="torchvision", help="image processor backend")
     p.add_argument("--resolution", type=int, default=64, help="stored pixels per side of each half (default: 64)")
     p.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default: 8)")
-    p.add_argument("--out", default=None, help="cache file (default: results/depth/<size>/<split>.safetensors)")
+    p.add_argument("--clean-date-stamp", action="store_true", help="as the trainer's --clean-date-stamp")
+    p.add_argument("--crop-bottom", type=float, default=0.0, help="as the trainer's --crop-bottom")
+    p.add_argument("--out", default=None, help="cache file (default: results/depth/<size>[cleaning]/<split>.safetensors)")
     p.add_argument("--make-tiny-model", metavar="DIR", default=None,
                    help="write a tiny random-init Depth Anything V2 to DIR and exit (offline tests/demo)")
     return p.parse_args(argv)
@@ -30,9 +33,10 @@ def main(argv=None) -> None:
     if args.make_tiny_model:
         print(f"tiny random Depth Anything V2 -> {make_tiny(args.make_tiny_model)}")
         return
-    out = args.out or cache_path("results/depth", args.model_size, args.split)
+    prep = PhotoPrep(args.clean_date_stamp, args.crop_bottom)
+    out = args.out or cache_path("results/depth", args.model_size, args.split, prep)
     build_cache(args.data_dir, args.split, model_id(args.model_size, args.model), out, backend=args.backend,
-                resolution=args.resolution, batch_size=args.batch_size)
+                resolution=args.resolution, batch_size=args.batch_size, prep=prep)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from src.data.image_cache import build, cache_path
+from src.data.photo_prep import PhotoPrep
 from src.errors import Parser, cli_main
 
 
@@ -13,10 +14,13 @@ def main(argv=None) -> None:
     p.add_argument("--split", choices=("train", "test"), default="train")
     p.add_argument("--size", type=int, default=512, help="pixels per side of each half (the trainer's --image-size)")
     p.add_argument("--pad-to-square", action="store_true", help="as the trainer's --use-pad-to-square")
-    p.add_argument("--out", default=None, help="default: results/cache/images/<size>/<split>.npy")
+    p.add_argument("--clean-date-stamp", action="store_true", help="as the trainer's --clean-date-stamp")
+    p.add_argument("--crop-bottom", type=float, default=0.0, help="as the trainer's --crop-bottom")
+    p.add_argument("--out", default=None, help="default: results/cache/images/<size>[_pad][cleaning]/<split>.npy")
     args = p.parse_args(argv)
-    build(args.data_dir, args.split, args.size, args.out or cache_path("results/cache/images", args.size, args.split,
-                                                                      args.pad_to_square), args.pad_to_square)
+    prep = PhotoPrep(args.clean_date_stamp, args.crop_bottom)
+    out = args.out or cache_path("results/cache/images", args.size, args.split, args.pad_to_square, prep)
+    build(args.data_dir, args.split, args.size, out, args.pad_to_square, prep)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ from src.config import RUNTIME_ONLY, TrainConfig
 from src.data import schema
 from src.data.dataset import BiomassDataset
 from src.data.depth import depth_key, load_for_config, photo_depth
+from src.data.photo_prep import PhotoPrep
 from src.data.photos import read_rgb
 from src.data.transforms import HalfTransform
 from src.errors import UserError
@@ -191,17 +192,17 @@ def predict_images(
     # Models sharing a preprocessing (and depth source) share one pass over the images.
     groups: dict[tuple, list[tuple[TrainConfig, BiomassModel]]] = {}
     for _, cfg, model in models:
-        key = (cfg.image_size, cfg.use_border_mask, cfg.use_pad_to_square, cfg.use_depth and depth_key(cfg))
+        key = (cfg.image_size, cfg.use_border_mask, cfg.use_pad_to_square, PhotoPrep.of(cfg),
+               cfg.use_depth and depth_key(cfg))  # fmt: skip
         groups.setdefault(key, []).append((cfg, model))
     n_batches = -(-len(table) // batch_size)
     with progress(total=n_batches * len(groups), desc=desc, unit="batch", dynamic_ncols=True) as bar:
-        for (size, border, pad, uses_depth), group in groups.items():
+        for (size, border, pad, prep, uses_depth), group in groups.items():
             if uses_depth and depth_for is None:
                 raise UserError("these models were trained with depth; give the depth cache of the images (see --help)")
             depth = depth_for(group[0][0]) if uses_depth else None
-            ds = BiomassDataset(
-                table, root, HalfTransform(size=size, train=False, border_mask=border, pad_to_square=pad), depth=depth
-            )
+            ds = BiomassDataset(table, root, HalfTransform(size=size, train=False, border_mask=border, pad_to_square=pad),
+                                depth=depth, prep=prep)  # fmt: skip
             loader = DataLoader(
                 ds, batch_size=batch_size, shuffle=False, num_workers=num_workers, pin_memory=device.type == "cuda"
             )

@@ -9,6 +9,7 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from src.data.photo_prep import PhotoPrep
 from src.data.photos import read_rgb
 from src.data.transforms import HalfTransform
 from src.targets import TARGETS
@@ -19,12 +20,14 @@ class BiomassDataset(Dataset):
 
     def __init__(self, images: pd.DataFrame, data_dir: str | Path, transform: HalfTransform, seed: int = 0,
                  depth: np.ndarray | None = None, aux: dict[str, np.ndarray] | None = None,
-                 halves: tuple[np.ndarray, np.ndarray] | None = None):
+                 halves: tuple[np.ndarray, np.ndarray] | None = None, prep: PhotoPrep | None = None):
         """``depth``: cached half depth maps (len(images), 2, R, R) in row order, or None.
         ``aux``: per-image targets of the auxiliary heads (``fold_stats.aux_targets``), or None.
-        ``halves``: an image cache (memory map, row per image) to read instead of the JPEGs."""
+        ``halves``: an image cache (memory map, row per image) to read instead of the JPEGs (made
+        with the same ``prep``: the photo cleaning applied as each JPEG is decoded)."""
         self.images = images.reset_index(drop=True)
         self.halves = halves
+        self.prep = prep
         self.depth = depth
         self.aux = aux or {}
         self.data_dir = Path(data_dir)
@@ -47,7 +50,7 @@ class BiomassDataset(Dataset):
             cache, rows = self.halves
             item = self.transform.from_halves(cache[rows[i]], aug_seed, depth)
         else:
-            item = self.transform(read_rgb(self.data_dir / self.images.at[i, "image_path"]), aug_seed, depth)
+            item = self.transform(read_rgb(self.data_dir / self.images.at[i, "image_path"], self.prep), aug_seed, depth)
         item["index"] = torch.tensor(i)
         for name, values in self.aux.items():
             item[name] = torch.tensor(values[i])

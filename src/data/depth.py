@@ -4,7 +4,8 @@ One safetensors file per (model size, split) holds, per image, the depth map of 
 fixed resolution: ``depth`` (N, 2, R, R) float16, standardised per image (the model's scale is
 arbitrary per photo, and a random test model's raw outputs would underflow float16), plus the
 raw per-image ``depth_mean`` / ``depth_std``. The metadata records the model, the image
-processor backend, the resolution and the image ids; a cache made with other settings is refused.
+processor backend, the resolution, the photo cleaning and the image ids; a cache made with other
+settings is refused. Depth is computed on the cleaned photos, as the model sees them.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from src.data.photo_prep import PhotoPrep
 from src.data.photos import read_rgb
 from src.data.schema import load_test, load_train
 from src.data.transforms import split_halves
@@ -30,19 +32,22 @@ from src.targets import TARGETS
 FORMAT = "1"
 
 
-def cache_path(cache_dir: str | Path, size: str, split: str) -> Path:
-    return Path(cache_dir) / size / f"{split}.safetensors"
+def cache_path(cache_dir: str | Path, size: str, split: str, prep: PhotoPrep = PhotoPrep()) -> Path:
+    return Path(cache_dir) / f"{size}{prep.tag}" / f"{split}.safetensors"
 
 
-def build_command(data_dir, split, size, out, model: str = "", backend: str = "torchvision", resolution: int = 64) -> str:
+def build_command(data_dir, split, size, out, model: str = "", backend: str = "torchvision", resolution: int = 64,
+                  prep: PhotoPrep = PhotoPrep()) -> str:  # fmt: skip
     extra = f" --model {model}" if model else ""
     extra += f" --backend {backend}" if backend != "torchvision" else ""
     extra += f" --resolution {resolution}" if resolution != 64 else ""
+    extra += "".join(f" {f}" for f in prep.flags())
     return f"python -m src.depth_cache --data-dir {data_dir} --split {split} --model-size {size}{extra} --out {out}"
 
 
-def _settings(model: str, backend: str, resolution: int) -> dict[str, str]:
-    return {"format": FORMAT, "model_id": str(model), "backend": backend, "resolution": str(resolution)}
+def _settings(model: str, backend: str, resolution: int, prep: PhotoPrep = PhotoPrep()) -> dict[str, str]:
+    return {"format": FORMAT, "model_id": str(model), "backend": backend, "resolution": str(resolution),
+            **prep.settings()}  # fmt: skip
 
 
 def read_metadata(path: Path) -> dict[str, str]:
@@ -51,22 +56,23 @@ def read_metadata(path: Path) -> dict[str, str]:
 
 
 def _mismatch(meta: dict, want: dict) -> list[str]:
+    meta = {**PhotoPrep().settings(), **meta}  # caches from before the cleaning options had none
     return [f"{k} {meta.get(k)!r} (wanted {v!r})" for k, v in want.items() if meta.get(k) != v]
 
 
 def build_cache(data_dir, split: str, model: str, out, *, backend: str = "torchvision", resolution: int = 64,
-                batch_size: int = 8, device: torch.device | None = None) -> dict | None:
+                batch_size: int = 8, device: torch.device | None = None, prep: PhotoPrep = PhotoPrep()) -> dict | None:
     """Write the cache for ``split`` (train or test); returns the correlation report for train.
     An existing cache with the same settings and images is left alone (returns None)."""
     data_dir, out = Path(data_dir), Path(out)
     images = load_train(data_dir) if split == "train" else load_test(data_dir)
     ids = images["image_id"].tolist()
-    want = _settings(model, backend, resolution)
+    want = _settings(model, backend, resolution, prep)
     if out.exists() and not _mismatch(read_metadata(out), want) and json.loads(read_metadata(out)["image_ids"]) == ids:
         print(f"{out}: up to date ({len(ids)} images, {model})")
         return None
     maps = compute_maps([data_dir / p for p in images["image_path"]], model, backend, resolution, batch_size, device,
-                        desc=f"depth {split}")  # fmt: skip
+                        desc=f"depth {split}", prep=prep)  # fmt: skip
     norm, mean, std = standardise(maps)
     tensors = {"depth": torch.from_numpy(norm.astype(np.float16)), "depth_mean": torch.from_numpy(mean),
                "depth_std": torch.from_numpy(std)}  # fmt: skip
@@ -82,14 +88,14 @@ def build_cache(data_dir, split: str, model: str, out, *, backend: str = "torchv
 
 
 def compute_maps(paths: list[Path], model: str, backend: str, resolution: int, batch_size: int = 8,
-                 device: torch.device | None = None, desc: str = "depth") -> np.ndarray:
+                 device: torch.device | None = None, desc: str = "depth", prep: PhotoPrep | None = None) -> np.ndarray:
     """Raw relative inverse depth (len(paths), 2, R, R) of each photo's halves."""
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     processor, net = depth_anything.load(model, backend, device)
     maps = np.zeros((len(paths), 2, resolution, resolution), np.float32)
     for start in progress(range(0, len(paths), batch_size), desc=desc, unit="batch"):
         chunk = paths[start:start + batch_size]
-        halves = [h for p in chunk for h in split_halves(read_rgb(p))]
+        halves = [h for p in chunk for h in split_halves(read_rgb(p, prep))]
         maps[start:start + len(chunk)] = depth_anything.predict(processor, net, halves, resolution, device).reshape(
             -1, 2, resolution, resolution)
     return maps
@@ -127,13 +133,14 @@ def print_correlations(report: dict) -> None:
     print(df.to_string())
 
 
-def load_cache(path, image_ids: list[str], *, model: str, backend: str, resolution: int, command: str) -> np.ndarray:
+def load_cache(path, image_ids: list[str], *, model: str, backend: str, resolution: int, command: str,
+               prep: PhotoPrep = PhotoPrep()) -> np.ndarray:  # fmt: skip
     """Normalised depth (len(image_ids), 2, R, R) float16 in the order of ``image_ids``."""
     path = Path(path)
     if not path.exists():
         raise UserError(f"depth cache {path} not found; build it with: {command}")
     meta = read_metadata(path)
-    bad = _mismatch(meta, _settings(model, backend, resolution))
+    bad = _mismatch(meta, _settings(model, backend, resolution, prep))
     if bad:
         raise UserError(f"depth cache {path} was made with other settings: {'; '.join(bad)}; rebuild it with: {command}")
     index = {i: k for k, i in enumerate(json.loads(meta["image_ids"]))}
@@ -149,19 +156,21 @@ def load_for_config(cfg, split: str, image_ids: list[str]) -> np.ndarray | None:
     """The cached depth a training config asks for (None with --no-use-depth)."""
     if not cfg.use_depth:
         return None
-    path = cache_path(cfg.depth_cache_dir, cfg.depth_model_size, split)
+    prep = PhotoPrep.of(cfg)
+    path = cache_path(cfg.depth_cache_dir, cfg.depth_model_size, split, prep)
     command = build_command(cfg.data_dir, split, cfg.depth_model_size, path, cfg.depth_model, cfg.depth_backend,
-                            cfg.depth_resolution)  # fmt: skip
+                            cfg.depth_resolution, prep)  # fmt: skip
     return load_cache(path, image_ids, model=depth_anything.model_id(cfg.depth_model_size, cfg.depth_model),
-                      backend=cfg.depth_backend, resolution=cfg.depth_resolution, command=command)  # fmt: skip
+                      backend=cfg.depth_backend, resolution=cfg.depth_resolution, command=command, prep=prep)  # fmt: skip
 
 
 def depth_key(cfg) -> tuple:
     """What makes two configs read the same depth."""
-    return (depth_anything.model_id(cfg.depth_model_size, cfg.depth_model), cfg.depth_backend, cfg.depth_resolution)
+    return (depth_anything.model_id(cfg.depth_model_size, cfg.depth_model), cfg.depth_backend, cfg.depth_resolution,
+            PhotoPrep.of(cfg))  # fmt: skip
 
 
 def photo_depth(paths: list[Path], cfg) -> np.ndarray:
     """Depth for new photos (no cache): run the config's Depth Anything V2 on them now."""
-    model, backend, resolution = depth_key(cfg)
-    return standardise(compute_maps(list(paths), model, backend, resolution))[0].astype(np.float16)
+    model, backend, resolution, prep = depth_key(cfg)
+    return standardise(compute_maps(list(paths), model, backend, resolution, prep=prep))[0].astype(np.float16)

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from src.data.photo_prep import PhotoPrep
 from src.errors import UserError
 from src.progress import progress
 
@@ -61,9 +62,10 @@ def photo_size(path: str | Path) -> tuple[int, int]:
     return _open(path, decode=False)[0]
 
 
-def read_rgb(path: str | Path) -> np.ndarray:
-    """H x W x 3 uint8 RGB, fully decoded, EXIF orientation applied."""
-    return _open(path, decode=True)[1]
+def read_rgb(path: str | Path, prep: PhotoPrep | None = None) -> np.ndarray:
+    """H x W x 3 uint8 RGB, fully decoded, EXIF orientation applied, then ``prep``'s cleaning."""
+    rgb = _open(path, decode=True)[1]
+    return rgb if prep is None else prep.apply(rgb)
 
 
 def _first(exc: Exception) -> str:

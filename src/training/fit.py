@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from src.config import RUNTIME_ONLY, TrainConfig
 from src.data.dataset import BiomassDataset, EpochIndices
 from src.data.fold_stats import aux_targets, fold_statistics, vocabularies
+from src.data.photo_prep import PhotoPrep
 from src.data.transforms import HalfTransform
 from src.errors import UserError
 from src.io_utils import write_csv, write_json, write_parquet
@@ -130,9 +131,9 @@ def train_fold(cfg: TrainConfig, info: DistInfo, images: pd.DataFrame, folds: pd
     train_ds = BiomassDataset(train, cfg.data_dir, HalfTransform(train=True, strong_aug=cfg.strong_aug,
                               perspective=cfg.use_perspective_jitter, aos=cfg.use_aos_hallucination, **tf),
                               seed=cfg.seed + fold, depth=None if depth is None else depth[~is_val],
-                              aux=aux_targets(train, stats, extras), halves=_rows(halves, ~is_val))
+                              aux=aux_targets(train, stats, extras), halves=_rows(halves, ~is_val), prep=PhotoPrep.of(cfg))
     val_ds = BiomassDataset(val, cfg.data_dir, HalfTransform(train=False, **tf), depth=None if depth is None else depth[is_val],
-                            aux=aux_targets(val, stats, extras), halves=_rows(halves, is_val))
+                            aux=aux_targets(val, stats, extras), halves=_rows(halves, is_val), prep=PhotoPrep.of(cfg))
     # One sampler for one or many ranks: rank r takes perm[r::world], so the union of the ranks'
     # i-th batches is exactly one process's i-th batch and DDP matches single-process training.
     sampler = DistributedSampler(train_ds, num_replicas=info.world_size, rank=info.rank, shuffle=True,

@@ -13,6 +13,7 @@ sys.path.insert(0, str(REPO))  # the src package, from the repository root
 shell.prefix(f"export PYTHONPATH={shlex.quote(str(REPO))}:$PYTHONPATH; ")
 
 from src.config import from_dict, load_yaml, to_argv  # noqa: E402
+from src.data.photo_prep import PhotoPrep  # noqa: E402
 from src.errors import UserError  # noqa: E402
 from src.targets import SHORT  # noqa: E402
 
@@ -36,8 +37,9 @@ wildcard_constraints:
     model=r"[A-Za-z0-9_\-]+",
     fold=r"\d+",
     split="train|test",
-    res=r"\d+(_pad)?",
-    size="small|base",
+    # a cache folder: size, then how its photos were prepared (src.data.photo_prep.PhotoPrep.tag)
+    res=r"\d+(_pad)?(_nostamp)?(_crop[0-9.]+)?",
+    size=r"(small|base)(_nostamp)?(_crop[0-9.]+)?",
 
 
 def _fail(msg):
@@ -103,7 +105,8 @@ def uses_depth(model):
 def depth_caches(model, split):
     if not uses_depth(model):
         return []
-    return [f"{RESULTS}/depth/{TRAINER[model].depth_model_size}/{split}.safetensors"]
+    cfg = TRAINER[model]
+    return [f"{RESULTS}/depth/{cfg.depth_model_size}{PhotoPrep.of(cfg).tag}/{split}.safetensors"]
 
 
 def image_cache(model):
@@ -111,8 +114,14 @@ def image_cache(model):
     if not config["train"].get("image_cache", True):
         return []
     cfg = TRAINER[model]
-    stem = f"{RESULTS}/cache/images/{cfg.image_size}{'_pad' if cfg.use_pad_to_square else ''}/train"
+    folder = f"{cfg.image_size}{'_pad' if cfg.use_pad_to_square else ''}{PhotoPrep.of(cfg).tag}"
+    stem = f"{RESULTS}/cache/images/{folder}/train"
     return [f"{stem}.npy", f"{stem}.json"]  # both: temp files vanish once no job needs them
+
+
+def prep_flags(folder):
+    """The photo-cleaning flags of a cache folder name (its PhotoPrep.tag)."""
+    return PhotoPrep.from_tag(folder).flags()
 
 
 def fold_done(model, fold):

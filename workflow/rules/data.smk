@@ -37,11 +37,12 @@ rule image_cache:
         "../envs/pipeline.yaml"
     params:
         data=lambda wc, input: os.path.dirname(input[0]),
-        size=lambda wc: wc.res.removesuffix("_pad"),
-        pad=lambda wc: "--pad-to-square" if wc.res.endswith("_pad") else "",
+        size=lambda wc: wc.res.split("_")[0],
+        pad=lambda wc: "--pad-to-square" if "_pad" in wc.res else "",
+        prep=lambda wc: prep_flags(wc.res),
     shell:
         "python -m src.image_cache --data-dir {params.data:q} --split {wildcards.split} --size {params.size} "
-        "{params.pad} --out {output.npy:q} > {log:q} 2>&1"
+        "{params.pad} {params.prep:q} --out {output.npy:q} > {log:q} 2>&1"
 
 
 rule folds:

@@ -34,7 +34,9 @@ rule depth_cache:
         data=lambda wc, input: os.path.dirname(input.csv),
         model=lambda wc: depth_model(),
         d=config["depth"],
+        size=lambda wc: wc.size.split("_")[0],
+        prep=lambda wc: prep_flags(wc.size),
     shell:
-        "python -m src.depth_cache --data-dir {params.data:q} --split {wildcards.split} --model-size {wildcards.size} "
+        "python -m src.depth_cache --data-dir {params.data:q} --split {wildcards.split} --model-size {params.size} "
         "--model {params.model:q} --backend {params.d[backend]} --resolution {params.d[resolution]} "
-        "--batch-size {params.d[batch_size]} --out {output:q} > {log:q} 2>&1"
+        "--batch-size {params.d[batch_size]} {params.prep:q} --out {output:q} > {log:q} 2>&1"

@@ -27,6 +27,7 @@ onstart:
     # The executor is known from here on, and so is every job's final threads and resources.
     plugin = workflow.executor_plugin
     if plugin is not None and plugin.name.endswith("slurm"):
-        problems = too_big([slurm_request(job) for job in workflow.dag.needrun_jobs()], slurm_nodes())
+        jobs = [job for job in workflow.dag.needrun_jobs() if not job.is_local]  # localrules run here
+        problems = too_big([slurm_request(job) for job in jobs], slurm_nodes())
         if problems:
             raise WorkflowError("\n".join(problems))
