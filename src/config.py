@@ -19,7 +19,7 @@ import yaml
 
 from src.errors import Parser, UserError
 
-BACKBONE_SIZES = ("tiny", "small", "base", "large", "huge")
+BACKBONE_SIZES = ("tiny", "small", "small_plus", "base", "large", "huge", "7b")
 DEPTH_SIZES = ("small", "base")
 CV_STRATEGIES = ("group_location", "group_date", "stratified", "kfold")
 
