@@ -164,6 +164,7 @@ def predict_images(
     data_dir: str | Path | None = None,
     *,
     tta: bool = True,
+    tta_scales: Sequence[float] = (1.0,),
     batch_size: int = 8,
     device: torch.device | str | None = None,
     num_workers: int = 0,
@@ -176,12 +177,15 @@ def predict_images(
     ``images``: photo paths, or a one-row-per-image DataFrame with ``image_path`` relative to
     ``data_dir``. With ``tta`` each fold model's prediction is the mean over identity, horizontal
     and vertical flips (of both halves, and of their depth features); the result is the mean over
-    the fold models. ``depth_for(cfg)`` gives the half depth maps (N, 2, R, R) for models trained
+    the fold models. ``tta_scales``: also the mean over these multiples of each model's image size
+    (rounded to a multiple of 16; the ViTs take any). ``depth_for(cfg)`` gives the half depth maps (N, 2, R, R) for models trained
     with depth. ``exports``, if given, receives the mean auxiliary outputs (height, NDVI, std)."""
     if not models:
         raise ValueError("no models to predict with")
     if batch_size < 1:
         raise UserError(f"--batch-size {batch_size} must be >= 1")
+    if not tta_scales or any(not s > 0 for s in tta_scales):
+        raise UserError(f"--tta-scales {' '.join(map(str, tta_scales))}: give one or more sizes > 0, e.g. 0.875 1 1.125")
     table, root = _as_table(images, data_dir)
     device = torch.device(device) if device is not None else next(models[0][2].parameters()).device
     total = np.zeros((len(table), len(TARGETS)), dtype=np.float64)
@@ -196,12 +200,14 @@ def predict_images(
                cfg.use_depth and depth_key(cfg))  # fmt: skip
         groups.setdefault(key, []).append((cfg, model))
     n_batches = -(-len(table) // batch_size)
-    with progress(total=n_batches * len(groups), desc=desc, unit="batch", dynamic_ncols=True) as bar:
-        for (size, border, pad, prep, uses_depth), group in groups.items():
+    passes = [(key, group, scale) for key, group in groups.items() for scale in tta_scales]
+    with progress(total=n_batches * len(passes), desc=desc, unit="batch", dynamic_ncols=True) as bar:
+        for (size, border, pad, prep, uses_depth), group, scale in passes:
             if uses_depth and depth_for is None:
                 raise UserError("these models were trained with depth; give the depth cache of the images (see --help)")
             depth = depth_for(group[0][0]) if uses_depth else None
-            ds = BiomassDataset(table, root, HalfTransform(size=size, train=False, border_mask=border, pad_to_square=pad),
+            shown = max(16, round(size * scale / 16) * 16)
+            ds = BiomassDataset(table, root, HalfTransform(size=shown, train=False, border_mask=border, pad_to_square=pad),
                                 depth=depth, prep=prep)  # fmt: skip
             loader = DataLoader(
                 ds, batch_size=batch_size, shuffle=False, num_workers=num_workers, pin_memory=device.type == "cuda"
@@ -215,11 +221,12 @@ def predict_images(
                         for v in views:
                             with autocast(device):
                                 out = model(v)
-                            total[idx] += out["pred"].float().cpu().numpy() / len(views)
+                            share = len(views) * len(tta_scales)
+                            total[idx] += out["pred"].float().cpu().numpy() / share
                             for key in EXPORTS:
                                 if key in out:
                                     extra.setdefault(key, np.zeros((len(table), *out[key].shape[1:])))
-                                    extra[key][idx] += out[key].float().cpu().numpy() / len(views)
+                                    extra[key][idx] += out[key].float().cpu().numpy() / share
                                     contributors.setdefault(key, set()).add(id(model))
                     bar.update(1)
             except UserError as exc:  # read_rgb in a loader worker: the worker's traceback, then our line

@@ -46,6 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=True,
         help="average identity, horizontal and vertical flips (default: on)",
     )
+    p.add_argument("--tta-scales", nargs="+", type=float, default=[1.0], metavar="S",
+                   help="also average over these multiples of each model's --image-size (multi-scale TTA, e.g. "
+                        "0.875 1 1.125; rounded to multiples of 16) (default: 1)")
     p.add_argument("--allow-mixed-folds", action="store_true",
                    help="average fold models trained with different settings (refused by default), with a warning")
     p.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default: 8)")
@@ -75,11 +78,11 @@ def main(argv=None) -> None:
     photos = check_photos(args.images) if args.images else None
     device = pick_device(args.device)
     models = load_fold_models(args.model_dir, device, allow_mixed=args.allow_mixed_folds)
-    kw = dict(tta=args.tta, batch_size=args.batch_size, device=device, num_workers=args.num_workers)
-    print(
-        f"{len(models)} fold model(s) {[k for k, _, _ in models]} on {device}, TTA {'on' if args.tta else 'off'}",
-        flush=True,
-    )
+    kw = dict(tta=args.tta, tta_scales=args.tta_scales, batch_size=args.batch_size, device=device,
+              num_workers=args.num_workers)  # fmt: skip
+    scales = f", scales {' '.join(f'{s:g}' for s in args.tta_scales)}" if args.tta_scales != [1.0] else ""
+    print(f"{len(models)} fold model(s) {[k for k, _, _ in models]} on {device}, TTA {'on' if args.tta else 'off'}{scales}",
+          flush=True)  # fmt: skip
 
     if photos is not None:
         table = predict_photos(models, photos, **kw)

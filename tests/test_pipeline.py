@@ -92,6 +92,20 @@ def test_local_runs_give_gpu_jobs_only_the_visible_gpus(repo, monkeypatch, visib
     assert (note in text) if note else ("note: train.gpus" not in text)
 
 
+def test_multi_scale_tta_and_photo_cleaning_reach_the_jobs(repo):
+    """predict.tta_scales becomes --tta-scales; a model's photo cleaning names its caches and flags."""
+    cfg = yaml.safe_load((repo / "config/test.yaml").read_text())
+    cfg["predict"]["tta_scales"] = [0.875, 1, 1.125]
+    cfg["trainer_overrides"]["clean_date_stamp"] = True
+    (repo / "config/scaled.yaml").write_text(yaml.safe_dump(cfg))
+    out = _snake("--configfile", "config/scaled.yaml", "-n", "-p", cwd=repo)
+    text = out.stdout + out.stderr
+    assert "--tta-scales 0.875 1 1.125 --depth-cache-dir" in text
+    assert "--clean-date-stamp --out results/test/cache/images/32_nostamp/train.npy" in text
+    assert "--clean-date-stamp --out results/test/depth/small_nostamp/train.safetensors" in text
+    assert "--clean-date-stamp" in text.split("python -m src.dinov3_train", 1)[1].split("\n", 1)[0]
+
+
 def test_a_slurm_run_stops_before_submitting_a_job_no_node_can_hold(repo, tmp_path):
     """A real (not dry) run through profiles/slurm, with sinfo reporting one 2-CPU node without GPUs."""
     bin_dir = tmp_path / "bin"

@@ -132,6 +132,41 @@ def test_tta_and_fold_average(models, train_images, demo_data):
     np.testing.assert_allclose(tta, np.mean(singles, axis=0), rtol=1e-6, atol=1e-5)
 
 
+def test_tta_scales_average_predictions_at_each_scaled_size(models, train_images, demo_data, monkeypatch):
+    """--tta-scales 0.5 1: the mean of a pass at half the trained size (16 px) and one at it (32 px)."""
+    from src.models.biomass import BiomassModel
+
+    imgs = train_images.head(6)
+    sizes, real = set(), BiomassModel.forward
+
+    def spy(self, batch):
+        sizes.add(batch["image"].shape[-1])
+        return real(self, batch)
+
+    monkeypatch.setattr(BiomassModel, "forward", spy)
+    both = predict_images(models, imgs, demo_data, tta=False, tta_scales=(0.5, 1.0), batch_size=3)
+    assert sizes == {16, 32}
+    half = predict_images(models, imgs, demo_data, tta=False, tta_scales=(0.5,), batch_size=3)
+    full = predict_images(models, imgs, demo_data, tta=False, batch_size=3)
+    assert np.abs(half - full).max() > 1e-4  # the scale reaches the model
+    np.testing.assert_allclose(both, (half + full) / 2, rtol=1e-6, atol=1e-5)
+    _assert_relations(both)
+    with pytest.raises(UserError, match="--tta-scales"):
+        predict_images(models, imgs, demo_data, tta_scales=(0.0, 1.0))
+
+
+def test_cli_tta_scales_change_the_submission(demo_data, model_dir, tmp_path):
+    subs = []
+    for extra in ([], ["--tta-scales", "0.5", "1"]):
+        out = tmp_path / f"s{len(subs)}"
+        proc = subprocess.run([sys.executable, "-m", "src.predict", "--model-dir", str(model_dir), "--data-dir",
+                               str(demo_data), "--out-dir", str(out), "--device", "cpu", "--no-tta", *extra],
+                              capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        subs.append(pd.read_csv(out / "submission.csv")["target"].to_numpy())
+    assert "scales 0.5 1" in proc.stdout and np.abs(subs[0] - subs[1]).max() > 1e-4
+
+
 def test_tta_is_the_mean_of_flipped_photos(models, train_images, demo_data, tmp_path):
     """TTA of a photo = no-TTA mean over the photo with both halves flipped left-right / up-down."""
     img = read_rgb(demo_data / train_images.image_path.iloc[0])

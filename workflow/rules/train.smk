@@ -72,6 +72,7 @@ rule predict:
         depth_dir=lambda wc: f"{RESULTS}/depth",
         out=lambda wc, output: os.path.dirname(output.pred),
         tta="--tta" if config["predict"]["tta"] else "--no-tta",
+        scales=[f"{s:g}" for s in config["predict"]["tta_scales"]],
     shell:
         "OMP_NUM_THREADS={threads} python -m src.predict --model-dir {params.out:q} --data-dir {params.data:q} --split test "
-        "{params.tta} --depth-cache-dir {params.depth_dir:q} > {log:q} 2>&1"
+        "{params.tta} --tta-scales {params.scales:q} --depth-cache-dir {params.depth_dir:q} > {log:q} 2>&1"
