@@ -49,6 +49,9 @@ class TrainConfig:
     backbone_weights: str = opt("hub", "hub (timm .lvd1689m weights), none (random init) or a local weights file", "model")
     image_size: int = opt(512, "pixels per side of each square half fed to the backbone (multiple of 16)", "model")
     gradient_checkpointing: bool = opt(False, "recompute backbone activations in backward (saves memory)", "model")
+    feature_layers: list = opt([], "tokens from these backbone blocks, averaged (each through the final norm; "
+                               "negative counts from the end: -1 -4 -8); empty: the last block's", "model", nargs="+",
+                               type=int)
     compile: bool = opt(False, "torch.compile the backbone (worth it on CUDA; the first steps are slow)", "model")
     feature_cache: bool = opt(True, "while the backbone is frozen, compute its tokens once per view and train the heads "
                               "on them (not with --use-aos-hallucination)", "training")

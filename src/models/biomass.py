@@ -11,12 +11,15 @@ presence gating) are built only when their flag is on.
 
 from __future__ import annotations
 
+import contextlib
+
 import pandas as pd
 import torch
 import torch.nn as nn
 
 from src.config import TrainConfig
 from src.data.transforms import MEAN, STD
+from src.errors import UserError
 from src.models.aux_heads import build_aux_heads, start_at_data
 from src.models.backbone import create_backbone
 from src.models.depth import DepthAttention, DepthFeatures
@@ -93,6 +96,10 @@ class BiomassModel(nn.Module):
         if cfg.compile:
             compile_backbone(self.backbone)
         dim = self.backbone.num_features
+        blocks = len(self.backbone.blocks)
+        bad = [i for i in cfg.feature_layers if not -blocks <= i < blocks]
+        if bad:
+            raise UserError(f"--feature-layers {bad}: this backbone has blocks 0..{blocks - 1} (or -{blocks}..-1)")
         self.num_prefix = self.backbone.num_prefix_tokens
         self.direct = direct_heads(cfg)
         self._direct_idx = [TARGETS.index(t) for t in self.direct]
@@ -127,12 +134,18 @@ class BiomassModel(nn.Module):
     def tokens(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, 2, 3, S, S) RGB 0..255 -> CLS (B*2, D) and patch tokens (B*2, N, D)."""
         flat = self.normalise(x.flatten(0, 1))
-        if self.backbone_frozen:
-            with torch.no_grad():  # Stage 1: no activations kept for a backbone that does not learn
-                t = self.backbone.forward_features(flat)
-        else:
-            t = self.backbone.forward_features(flat)
+        with torch.no_grad() if self.backbone_frozen else contextlib.nullcontext():  # Stage 1 keeps no activations
+            t = self._backbone_tokens(flat)
         return t[:, 0], t[:, self.num_prefix:]
+
+    def _backbone_tokens(self, flat: torch.Tensor) -> torch.Tensor:
+        """(B, prefix + N, D): the last block's tokens, or the mean over --feature-layers blocks."""
+        if not self.cfg.feature_layers:
+            return self.backbone.forward_features(flat)
+        outs = self.backbone.forward_intermediates(flat, indices=list(self.cfg.feature_layers), norm=True,
+                                                   output_fmt="NLC", intermediates_only=True,
+                                                   return_prefix_tokens=True)  # fmt: skip
+        return torch.stack([torch.cat([prefix, patches], 1) for patches, prefix in outs]).mean(0)
 
     def encode(self, x: torch.Tensor | None, depth: torch.Tensor | None, cached: dict | None = None):
         """Tokens with depth fused in, and the pooled image feature (B, 2D) for the auxiliary heads.
