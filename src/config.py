@@ -60,6 +60,8 @@ class TrainConfig:
     train_dead: bool = opt(False, "predict Dead directly, Total = GDM + Dead (else Total directly, Dead = Total - GDM; "
                            "the loss sees it unclipped, so it trains the Total head)", "heads")
     train_clover: bool = opt(True, "predict Clover directly (else GDM directly, Clover = GDM - Green)", "heads")
+    use_ratio_head: bool = opt(False, "predict Total, and Green, Dead and Clover as softmax shares of it (GDM = Green + "
+                               "Clover): every mass non-negative and both relations exact by construction", "heads")
 
     # --- loss ----------------------------------------------------------------------------------
     smoothl1: bool = opt(True, "SmoothL1 on standardised targets (--no-smoothl1: MSE)", "loss")
@@ -290,6 +292,10 @@ def validate(cfg: TrainConfig, source: str = "config") -> None:
                  "grad_clip", "warmup_epochs"):  # fmt: skip
         if getattr(cfg, name) < 0:
             raise UserError(f"{source}: {flag(name)} {getattr(cfg, name)} must be >= 0")
+    if cfg.use_ratio_head and (cfg.train_dead or not cfg.train_clover or cfg.use_compositional
+                               or cfg.use_planthydra_loss or cfg.use_presence_heads):  # fmt: skip
+        raise UserError(f"{source}: --use-ratio-head chooses the heads itself (Total and three shares); drop --train-dead "
+                        "/ --no-train-clover / --use-compositional / --use-planthydra-loss / --use-presence-heads")
     if not 0 < cfg.ema_decay < 1:
         raise UserError(f"{source}: --ema-decay {cfg.ema_decay} must be within 0..1 (exclusive), e.g. 0.999")
     if not 0 <= cfg.crop_bottom <= 0.5:

@@ -56,6 +56,9 @@ def gate_presence(five: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
 
 
 def direct_heads(cfg: TrainConfig) -> tuple[str, ...]:
+    """The masses the heads give; the ratio head gives the three components (Total x shares)."""
+    if cfg.use_ratio_head:
+        return ("Dry_Green_g", "Dry_Dead_g", "Dry_Clover_g")
     return TARGETS if cfg.use_compositional else direct_targets(cfg.train_dead, cfg.train_clover)
 
 
@@ -103,7 +106,9 @@ class BiomassModel(nn.Module):
         self.num_prefix = self.backbone.num_prefix_tokens
         self.direct = direct_heads(cfg)
         self._direct_idx = [TARGETS.index(t) for t in self.direct]
-        self.head = DensityHead(dim, len(self.direct))
+        # --use-ratio-head: the density head gives Total alone, ``shares`` split it per half.
+        self.head = DensityHead(dim, 1 if cfg.use_ratio_head else len(self.direct))
+        self.shares = nn.Linear(2 * dim, 3) if cfg.use_ratio_head else None
         self.depth_features = DepthFeatures(dim) if cfg.use_depth else None
         self.depth_attention = DepthAttention() if cfg.use_depth and cfg.depth_attention else None
         self.aux = build_aux_heads(cfg, 2 * dim, extras)
@@ -181,7 +186,11 @@ class BiomassModel(nn.Module):
             pooled = density.mean(1)
         pooled = pooled.float()  # relations and sums in fp32 even under bf16 autocast
         unit = self.target_scale[self._direct_idx]
-        per_half = (pooled * unit).view(b, 2, -1)  # grams, as if the half were the whole quadrat
+        if self.shares is not None:
+            share = self.shares(torch.cat([cls, patches.mean(1)], -1)).float().softmax(-1)
+            per_half = (pooled * self.target_scale[_TOTAL] * share).view(b, 2, -1)
+        else:
+            per_half = (pooled * unit).view(b, 2, -1)  # grams, as if the half were the whole quadrat
         if self.state_scaling is not None:
             per_half = self.state_scaling(per_half, out["state"].softmax(-1), unit)
         raw = self._five(per_half.mean(1))
@@ -227,7 +236,13 @@ class BiomassModel(nn.Module):
             s = self.cfg.species_prior_strength
             if s < 1:
                 target = (target - s * stats["species_freq"].float() @ self.species_prior) / (1 - s)
-        self.head.start_at(target[self._direct_idx] / self.target_scale[self._direct_idx])
+        if self.shares is not None:  # Total at its mean, each share at its mean fraction of it
+            self.head.start_at(target[_TOTAL:_TOTAL + 1] / self.target_scale[_TOTAL])
+            parts = target[self._direct_idx].clamp(min=1e-6)
+            self.shares.weight.zero_()
+            self.shares.bias.copy_(torch.log(parts / parts.sum()))
+        else:
+            self.head.start_at(target[self._direct_idx] / self.target_scale[self._direct_idx])
         start_at_data(self.aux, stats)
 
     def _real_units(self, out: dict, pred: torch.Tensor) -> None:

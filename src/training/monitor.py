@@ -24,6 +24,8 @@ class Hints:
         self.best_val, self.best_val_epoch = float("inf"), 0
 
     def _dead_fix(self) -> str | None:
+        if self.cfg.use_ratio_head:  # it refuses both fixes: Dead is already a share of its own
+            return None
         if not (self.cfg.train_dead or self.cfg.use_compositional):
             return "--train-dead"
         return None if self.cfg.use_presence_heads else "--use-presence-heads"
