@@ -85,6 +85,9 @@ class TrainConfig:
     ndvi_weight: float = opt(0.3, "weight of the NDVI loss", "aux")
     use_species_head: bool = opt(False, "species classification head", "aux")
     aux_species_weight: float = opt(0.1, "weight of the species loss", "aux")
+    use_quantile_heads: bool = opt(False, "per target, classify the image into 7 bins cut at the training fold's "
+                                   "quantiles (auxiliary cross-entropy; the 1st place's extra task)", "aux")
+    quantile_weight: float = opt(0.1, "weight of the quantile-bin loss", "aux")
     use_species_prior: bool = opt(False, "blend predictions with species->biomass means of the training fold", "aux")
     species_prior_strength: float = opt(0.2, "blend strength of the species prior", "aux")
     use_aos_hallucination: bool = opt(False, "lighting-invariant AOS NDVI predicted from RGB (needs --use-ndvi-head)", "aux")
@@ -320,7 +323,7 @@ def validate(cfg: TrainConfig, source: str = "config") -> None:
     if cfg.huber_delta <= 0:
         raise UserError(f"{source}: --huber-delta must be > 0 (grams)")
     weights = ("cosine_weight", "compositional_weight", "mass_balance_weight", "height_weight", "ndvi_weight",
-               "aux_species_weight", "aos_weight", "cross_view_weight", "qc_weight")  # fmt: skip
+               "aux_species_weight", "aos_weight", "cross_view_weight", "qc_weight", "quantile_weight")  # fmt: skip
     for name in weights:
         if not getattr(cfg, name) >= 0 or not math.isfinite(getattr(cfg, name)):
             raise UserError(f"{source}: {flag(name)} must be a finite number >= 0")

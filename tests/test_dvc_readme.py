@@ -121,4 +121,8 @@ def test_readme_dvc_commands_run_verbatim_from_a_clone(tmp_path):
     assert variant["metrics"][score("planthydra")] == committed["metrics"][score("planthydra")]  # only baseline
     log = (copy / "results/demo/logs/train/baseline_fold0.log").read_text()
     assert "starting over" in log, log[-2000:]  # the saved fold was not resumed under a new setting
+    # Logs are not DVC outputs: in the second clone only the jobs that ran there wrote one.
+    logs = copy / "results/demo/logs"
+    assert sorted(p.name for p in (logs / "train").iterdir()) == [f"baseline_fold{k}.log" for k in range(5)]
+    assert not (logs / "image_cache").exists() and not (logs / "depth").exists()  # the pulled caches were used
     assert (copy / "dvc_plots/index.html").stat().st_size > 0

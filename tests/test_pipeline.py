@@ -216,9 +216,18 @@ def test_pipeline_runs_and_round_trips_through_dvc(repo, tmp_path):
     desc = page[page.index('id="workflow-desc"'):][:3000]  # the landing page describes this run
     assert "Pasture biomass from quadrat photos" in desc and ", ".join(cfg["models"]) in desc
     assert "model_table.html" in page and "models ranked by OOF weighted R" in page  # the table's own page
-    assert not list((res / "depth").glob("[sb][ma]*/*.safetensors"))  # caches are temp: never versioned
+    lock = (repo / "dvc.lock").read_text()
+    assert list((res / "depth").glob("small*/train.safetensors")) and "path: results/depth" in lock  # kept, versioned
+    assert "path: results/cache" in lock
     assert "Nothing to be done" in _snake("-n", "--configfile", "config/roundtrip.yaml", cwd=repo).stdout + \
         _snake("-n", "--configfile", "config/roundtrip.yaml", cwd=repo).stderr
+    # A model added later reuses the caches of the trained ones, which stay done (temp caches, rebuilt
+    # for it, made every trained model look stale).
+    (repo / "config/more.yaml").write_text(yaml.safe_dump({**cfg, "models": [*cfg["models"], "ema"]}))
+    more = _snake("-n", "-p", "--configfile", "config/more.yaml", cwd=repo)
+    more = more.stdout + more.stderr
+    assert "output: results/models/ema/fold0/metrics.json" in more and "src.image_cache" not in more
+    assert not any(f"output: results/models/{m}/fold" in more for m in cfg["models"]), more[-3000:]
 
     (repo / "src/__pycache__").mkdir(exist_ok=True)
     (repo / "src/__pycache__/stray.cpython-311.pyc").write_bytes(b"\0")  # .dvcignore: not a change of src/

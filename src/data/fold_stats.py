@@ -15,6 +15,12 @@ from src.targets import TARGETS
 
 MIN_SPECIES_IMAGES = 3  # rarer species share the "other" class
 OTHER = "other"
+QUANTILE_BINS = 7  # --use-quantile-heads: bins per target, as the 1st place used
+
+
+def quantile_bins(y: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """(N, 5) masses -> (N, 5) bin indices 0..QUANTILE_BINS-1 given (5, QUANTILE_BINS-1) edges."""
+    return np.stack([np.searchsorted(edges[k], y[:, k], side="right") for k in range(y.shape[1])], 1).astype(np.int64)
 
 
 def vocabularies(train: pd.DataFrame) -> dict[str, list[str]]:
@@ -37,6 +43,8 @@ def fold_statistics(train: pd.DataFrame, extras: dict) -> dict[str, torch.Tensor
     states = {s: i for i, s in enumerate(extras["states"])}
     state = train["State"].map(states).to_numpy(np.int64)
     t = lambda a: torch.tensor(np.asarray(a), dtype=torch.float32)  # noqa: E731
+    edges = np.quantile(y, np.arange(1, QUANTILE_BINS) / QUANTILE_BINS, axis=0).T  # (5, bins - 1)
+    bins = quantile_bins(y, edges)
     return {
         "mean": t(y.mean(0)),
         "log_mean": t(np.log1p(y).mean(0)),
@@ -49,6 +57,8 @@ def fold_statistics(train: pd.DataFrame, extras: dict) -> dict[str, torch.Tensor
         "state_freq": t(np.bincount(state, minlength=len(extras["states"])) / len(state)),
         "aux": t([log_h.mean(), max(log_h.std(), 1e-3), ndvi.mean(), max(ndvi.std(), 1e-3)]),
         "species_prior": t(prior),
+        "quantile_edges": t(edges),
+        "quantile_freq": t(np.stack([np.bincount(bins[:, k], minlength=QUANTILE_BINS) / len(y) for k in range(5)])),
     }
 
 
@@ -61,4 +71,5 @@ def aux_targets(images: pd.DataFrame, stats: dict, extras: dict) -> dict[str, np
         "ndvi": ((images["Pre_GSHH_NDVI"].to_numpy(np.float64) - mu_n) / sd_n).astype(np.float32),
         "species": species_index(images["Species"], extras["species"]),
         "state": images["State"].map(lambda s: states.get(s, -1)).to_numpy(np.int64),  # -1: ignored by the loss
+        "quantile": quantile_bins(images[list(TARGETS)].to_numpy(np.float64), stats["quantile_edges"].double().numpy()),
     }

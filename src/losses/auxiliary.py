@@ -5,6 +5,8 @@
 - ``species`` (--use-species-head) and ``state`` (--use-state-scaling): cross-entropy; images
   whose class the training fold never saw are ignored.
 - ``presence`` (--use-presence-heads): BCE of Dead > 0 and Clover > 0.
+- ``quantile`` (--use-quantile-heads): cross-entropy of each target's bin among 7 cut at the
+  training fold's quantiles, averaged over the five targets.
 - ``aos`` (--use-aos-hallucination): the NDVI head must agree across two photometric views of an
   image and match the sensor on the second view too: lighting-invariant NDVI from RGB.
 - ``cross_view`` (--use-cross-view-consistency): the two halves' per-area predictions (they show
@@ -45,6 +47,15 @@ class Presence(LossTerm):
 
     def forward(self, outputs, batch):
         return F.binary_cross_entropy_with_logits(outputs["presence"], (batch["targets"][:, _PRESENT] > 0).float())
+
+
+class QuantileBins(LossTerm):
+    def __init__(self, weight):
+        super().__init__("quantile", weight)
+
+    def forward(self, outputs, batch):
+        logits = outputs["quantile"]
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1] // 5), batch["quantile"].reshape(-1))
 
 
 class Aos(LossTerm):
@@ -94,6 +105,11 @@ def _state(cfg, stats):
 @register("presence")
 def _presence(cfg, stats):
     return Presence() if cfg.use_presence_heads else None
+
+
+@register("quantile")
+def _quantile(cfg, stats):
+    return QuantileBins(cfg.quantile_weight) if cfg.use_quantile_heads else None
 
 
 @register("aos")

@@ -11,6 +11,7 @@ import torch
 import torch.nn as nn
 
 from src.config import TrainConfig
+from src.data.fold_stats import QUANTILE_BINS
 from src.registry import Registry
 
 REGISTRY = Registry()
@@ -47,6 +48,11 @@ def _presence(cfg, dim, extras):
     return mlp(dim, 2) if cfg.use_presence_heads else None  # logits: Dead > 0, Clover > 0
 
 
+@register("quantile")
+def _quantile(cfg, dim, extras):
+    return mlp(dim, 5 * QUANTILE_BINS) if cfg.use_quantile_heads else None  # logits, (5 targets x bins)
+
+
 @register("logvar")
 def _logvar(cfg, dim, extras):
     return mlp(dim, 5) if cfg.use_uncertainty else None  # log-variance of the five standardised targets
@@ -71,6 +77,7 @@ START = {
     "species": lambda stats: torch.log(stats["species_freq"].clamp(min=1e-3)),
     "state": lambda stats: torch.log(stats["state_freq"].clamp(min=1e-3)),
     "presence": lambda stats: _logit(stats["presence"]),
+    "quantile": lambda stats: torch.log(stats["quantile_freq"].clamp(min=1e-3)).flatten(),
 }
 
 

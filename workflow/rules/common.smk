@@ -116,7 +116,7 @@ def image_cache(model):
     cfg = TRAINER[model]
     folder = f"{cfg.image_size}{'_pad' if cfg.use_pad_to_square else ''}{PhotoPrep.of(cfg).tag}"
     stem = f"{RESULTS}/cache/images/{folder}/train"
-    return [f"{stem}.npy", f"{stem}.json"]  # both: temp files vanish once no job needs them
+    return [f"{stem}.npy", f"{stem}.json"]
 
 
 def prep_flags(folder):

@@ -26,9 +26,10 @@ rule image_cache:
     input:
         f"{DATA}/{{split}}.csv",
     output:
-        # temp: a speed cache, rebuilt on demand and never versioned
-        npy=temp(f"{RESULTS}/cache/images/{{res}}/{{split}}.npy"),
-        meta=temp(f"{RESULTS}/cache/images/{{res}}/{{split}}.json"),
+        # Kept, not temp(): a cache rebuilt for a model added later would make every model that read
+        # it retrain ("input updated by another job"). dvc.yaml versions it with the models.
+        npy=f"{RESULTS}/cache/images/{{res}}/{{split}}.npy",
+        meta=f"{RESULTS}/cache/images/{{res}}/{{split}}.json",
     log:
         f"{RESULTS}/logs/image_cache/{{res}}_{{split}}.log",
     benchmark:

@@ -20,8 +20,8 @@ rule depth_cache:
         csv=f"{DATA}/{{split}}.csv",
         model=[TINY_DEPTH] if config["depth"]["model"] == "tiny" else [],
     output:
-        # temp: rebuilt on demand, never versioned (DVC pushes the models, not these caches)
-        temp(f"{RESULTS}/depth/{{size}}/{{split}}.safetensors"),
+        # kept and versioned, as the image caches are (see data.smk)
+        f"{RESULTS}/depth/{{size}}/{{split}}.safetensors",
     log:
         f"{RESULTS}/logs/depth/{{size}}_{{split}}.log",
     benchmark:
