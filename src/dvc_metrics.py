@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from src.errors import Parser, UserError, cli_main
+from src.errors import UserError, cli_main
 from src.io_utils import write_json
 from src.oof import PRED, TRUE
 from src.report import (
@@ -32,6 +32,7 @@ from src.report import (
     load_model_oofs,
     model_table,
     read_histories,
+    results_args,
 )
 from src.targets import SHORT, TARGETS
 
@@ -97,12 +98,7 @@ def write_dvc_metrics(results: str | Path, models: list[str], out_dir: str | Pat
 
 @cli_main
 def main(argv=None) -> None:
-    ap = Parser(prog="python -m src.dvc_metrics", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--results-dir", required=True, help="the pipeline's results folder (holds models/ and ensemble/)")
-    ap.add_argument("--models", nargs="+", required=True, help="model names under <results>/models/")
-    ap.add_argument("--out-dir", help="where to write (default <results>/metrics)")
-    args = ap.parse_args(argv)
-    write_dvc_metrics(args.results_dir, args.models, args.out_dir or Path(args.results_dir) / "metrics")
+    write_dvc_metrics(*results_args(argv, "python -m src.dvc_metrics", __doc__, "metrics"))
 
 
 if __name__ == "__main__":

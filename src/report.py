@@ -409,14 +409,19 @@ def make_report(results: str | Path, models: list[str], out_dir: str | Path) -> 
     return paths
 
 
-@cli_main
-def main(argv=None) -> None:
-    ap = Parser(prog="python -m src.report", description=__doc__.split("\n\n")[0])
+def results_args(argv, prog: str, doc: str, default_out: str) -> tuple[Path, list[str], Path]:
+    """The CLIs that read a results folder (this one, src.dvc_metrics): results dir, models, out dir."""
+    ap = Parser(prog=prog, description=doc.split("\n\n")[0])
     ap.add_argument("--results-dir", required=True, help="the pipeline's results folder (holds models/ and ensemble/)")
     ap.add_argument("--models", nargs="+", required=True, help="model names under <results>/models/")
-    ap.add_argument("--out-dir", help="where to write (default <results>/report)")
+    ap.add_argument("--out-dir", help=f"where to write (default <results>/{default_out})")
     args = ap.parse_args(argv)
-    make_report(args.results_dir, args.models, args.out_dir or Path(args.results_dir) / "report")
+    return Path(args.results_dir), args.models, Path(args.out_dir or Path(args.results_dir) / default_out)
+
+
+@cli_main
+def main(argv=None) -> None:
+    make_report(*results_args(argv, "python -m src.report", __doc__, "report"))
 
 
 if __name__ == "__main__":
