@@ -118,6 +118,10 @@ class TrainConfig:
     use_perspective_jitter: bool = opt(False, "small random perspective warps (quadrat annotation noise)", "augmentation")
     use_border_mask: bool = opt(False, "blank a border band of each half (frame artifacts)", "augmentation")
     use_pad_to_square: bool = opt(False, "pad non-square halves to square instead of stretching them", "augmentation")
+    mixup_alpha: float = opt(0.0, "mixup: interpolate a training image and its masses with another's by a "
+                             "Beta(alpha, alpha) weight (pixels; cached tokens while the backbone is frozen); 0 = off",
+                             "augmentation")
+    mixup_prob: float = opt(0.5, "fraction of training images mixed each epoch (with --mixup-alpha)", "augmentation")
     clean_date_stamp: bool = opt(False, "paint out the camera's orange date stamp (bottom right) as each photo is "
                                  "decoded: caches, training and prediction alike", "augmentation")
     crop_bottom: float = opt(0.0, "cut this fraction of each photo's height off its bottom as it is decoded "
@@ -303,6 +307,8 @@ def validate(cfg: TrainConfig, source: str = "config") -> None:
         raise UserError(f"{source}: --ema-decay {cfg.ema_decay} must be within 0..1 (exclusive), e.g. 0.999")
     if not 0 <= cfg.crop_bottom <= 0.5:
         raise UserError(f"{source}: --crop-bottom {cfg.crop_bottom} must be within 0..0.5 (a fraction of the height)")
+    if not cfg.mixup_alpha >= 0 or not 0 <= cfg.mixup_prob <= 1:
+        raise UserError(f"{source}: --mixup-alpha must be >= 0 and --mixup-prob within 0..1")
     if cfg.swa_top_k < 0:
         raise UserError(f"{source}: --swa-top-k {cfg.swa_top_k} must be >= 0")
     if cfg.stage1_patience < 1:

@@ -70,7 +70,8 @@ def test_two_stage_run_writes_every_output(demo_data, tmp_path):
     assert not (out / "oof_metrics.json").exists()  # one fold of five: merging is the pipeline's job
 
 
-@pytest.mark.parametrize("extra", [(), ("--ema", "--ema-decay", "0.9", "--swa-top-k", "2")], ids=["plain", "ema+swa"])
+@pytest.mark.parametrize("extra", [(), ("--ema", "--ema-decay", "0.9", "--swa-top-k", "2"), ("--mixup-alpha", "0.4")],
+                         ids=["plain", "ema+swa", "mixup"])  # fmt: skip
 def test_ddp_two_ranks_match_one_process(demo_data, tmp_path, extra):
     # Stage 1 on the frozen-feature cache, Stage 2 on the live backbone: both must match.
     common = ("--folds", "0", "--freeze-epochs", "2", "--stage1-patience", "5", "--stage2-epochs", "2",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +10,7 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from src.data.mixup import Mixup, as_float, mix
 from src.data.photo_prep import PhotoPrep
 from src.data.photos import read_rgb
 from src.data.transforms import HalfTransform
@@ -20,14 +22,17 @@ class BiomassDataset(Dataset):
 
     def __init__(self, images: pd.DataFrame, data_dir: str | Path, transform: HalfTransform, seed: int = 0,
                  depth: np.ndarray | None = None, aux: dict[str, np.ndarray] | None = None,
-                 halves: tuple[np.ndarray, np.ndarray] | None = None, prep: PhotoPrep | None = None):
+                 halves: tuple[np.ndarray, np.ndarray] | None = None, prep: PhotoPrep | None = None,
+                 mixup: Mixup | None = None):  # fmt: skip
         """``depth``: cached half depth maps (len(images), 2, R, R) in row order, or None.
         ``aux``: per-image targets of the auxiliary heads (``fold_stats.aux_targets``), or None.
         ``halves``: an image cache (memory map, row per image) to read instead of the JPEGs (made
-        with the same ``prep``: the photo cleaning applied as each JPEG is decoded)."""
+        with the same ``prep``: the photo cleaning applied as each JPEG is decoded).
+        ``mixup``: training only; each item may be mixed with another one of this epoch."""
         self.images = images.reset_index(drop=True)
         self.halves = halves
         self.prep = prep
+        self.mixup = mixup
         self.depth = depth
         self.aux = aux or {}
         self.data_dir = Path(data_dir)
@@ -43,6 +48,22 @@ class BiomassDataset(Dataset):
         """``key`` = epoch * len(self) + row (see ``EpochIndices``): the epoch travels with the index,
         so persistent DataLoader workers, which keep their own copy of the dataset, still know it."""
         epoch, i = divmod(int(key), len(self))
+        item = self._item(epoch, i)
+        if self.mixup is None:
+            return item
+        plan = self.mixup.plan(epoch, i, len(self))
+        return mix(item, self._item(epoch, plan[0]), plan[1]) if plan else as_float(item)
+
+    @contextlib.contextmanager
+    def unmixed(self):
+        """The plain items, while the frozen backbone's feature cache is drawn (it mixes tokens itself)."""
+        mixup, self.mixup = self.mixup, None
+        try:
+            yield self
+        finally:
+            self.mixup = mixup
+
+    def _item(self, epoch: int, i: int) -> dict:
         # Deterministic per (seed, epoch, image) so DDP and resume see the same augmentations.
         aug_seed = (self.seed * 1_000_003 + epoch * 10_007 + i) % (2**31 - 1)
         depth = None if self.depth is None else self.depth[i]

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Subset
 
+from src.data.mixup import Mixup, mix
 from src.errors import UserError
 from src.progress import progress
 from src.training.distributed import DistInfo, sum_across_ranks
@@ -111,8 +112,9 @@ class FeatureCache:
 class CachedBatches:
     """Stands in for the training DataLoader in a cached stage: same sampler, same batches."""
 
-    def __init__(self, cache: FeatureCache, sampler, batch_size: int, seed: int):
+    def __init__(self, cache: FeatureCache, sampler, batch_size: int, seed: int, mixup: Mixup | None = None):
         self.cache, self.sampler, self.batch_size, self.seed = cache, sampler, batch_size, seed
+        self.mixup = mixup  # token-level: the same partners and weights the images would have had
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -127,7 +129,11 @@ class CachedBatches:
         views = np.random.default_rng([self.seed, self.epoch]).integers(0, self.cache.views, size=len(self.cache.cls[0]))
         for start in range(0, len(self) * self.batch_size, self.batch_size):
             idx = order[start:start + self.batch_size]
-            yield self.cache.batch(idx, views[idx])
+            batch = self.cache.batch(idx, views[idx])
+            if self.mixup is not None:
+                partners, lam = self.mixup.plans(self.epoch, idx, len(views))
+                batch = mix(batch, self.cache.batch(partners, views[partners]), lam)
+            yield batch
 
 
 class CachedValidation:

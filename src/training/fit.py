@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from src.config import RUNTIME_ONLY, TrainConfig
 from src.data.dataset import BiomassDataset, EpochIndices
 from src.data.fold_stats import aux_targets, fold_statistics, vocabularies
+from src.data.mixup import Mixup
 from src.data.photo_prep import PhotoPrep
 from src.data.transforms import HalfTransform
 from src.errors import UserError
@@ -78,7 +79,9 @@ def _build_feature_caches(model, cfg, info, train_ds, val_ds, batch_size):
     image, drawn by the training dataset itself (its transform and seed), and the unaugmented
     validation images. Under DDP each rank computes its share and all ranks end with all."""
     workers = cfg.num_workers
-    train_cache = FeatureCache(model, train_ds, cfg.feature_cache_views, info, batch_size, "feature cache (train)", workers)
+    with train_ds.unmixed():  # plain views; CachedBatches mixes their tokens
+        train_cache = FeatureCache(model, train_ds, cfg.feature_cache_views, info, batch_size, "feature cache (train)",
+                                   workers)  # fmt: skip
     val_cache = FeatureCache(model, val_ds, 1, info, batch_size, "feature cache (val)", workers)
     if info.is_main:
         mib = (train_cache.nbytes + val_cache.nbytes) / 2**20
@@ -131,7 +134,8 @@ def train_fold(cfg: TrainConfig, info: DistInfo, images: pd.DataFrame, folds: pd
     train_ds = BiomassDataset(train, cfg.data_dir, HalfTransform(train=True, strong_aug=cfg.strong_aug,
                               perspective=cfg.use_perspective_jitter, aos=cfg.use_aos_hallucination, **tf),
                               seed=cfg.seed + fold, depth=None if depth is None else depth[~is_val],
-                              aux=aux_targets(train, stats, extras), halves=_rows(halves, ~is_val), prep=PhotoPrep.of(cfg))
+                              aux=aux_targets(train, stats, extras), halves=_rows(halves, ~is_val), prep=PhotoPrep.of(cfg),
+                              mixup=Mixup.of(cfg, cfg.seed + fold))
     val_ds = BiomassDataset(val, cfg.data_dir, HalfTransform(train=False, **tf), depth=None if depth is None else depth[is_val],
                             aux=aux_targets(val, stats, extras), halves=_rows(halves, is_val), prep=PhotoPrep.of(cfg))
     # One sampler for one or many ranks: rank r takes perm[r::world], so the union of the ranks'
@@ -197,7 +201,7 @@ def train_fold(cfg: TrainConfig, info: DistInfo, images: pd.DataFrame, folds: pd
         if not stage.train_backbone and cfg.feature_cache and not cfg.use_aos_hallucination:
             if caches is None:
                 caches = _build_feature_caches(model, cfg, info, train_ds, val_ds, per_rank_batch)
-            batches = CachedBatches(caches[0], sampler, per_rank_batch, cfg.seed + fold)
+            batches = CachedBatches(caches[0], sampler, per_rank_batch, cfg.seed + fold, Mixup.of(cfg, cfg.seed + fold))
             val_batches = CachedValidation(caches[1], per_rank_batch)
         wrapped = DDP(model, device_ids=[info.device.index] if info.device.type == "cuda" else None) if info.distributed else model
         optimizer = build_optimizer(model, cfg, stage.train_backbone)
