@@ -49,6 +49,10 @@ class TrainConfig:
     backbone_weights: str = opt("hub", "hub (timm .lvd1689m weights), none (random init) or a local weights file", "model")
     image_size: int = opt(512, "pixels per side of each square half fed to the backbone (multiple of 16)", "model")
     gradient_checkpointing: bool = opt(False, "recompute backbone activations in backward (saves memory)", "model")
+    lora_rank: int = opt(0, "LoRA adapters (peft) of this rank on the Linear layers of the backbone's last "
+                         "--lora-blocks blocks; the backbone's own weights then never train (0 = off: full finetuning)",
+                         "model")
+    lora_blocks: int = opt(4, "how many of the backbone's last blocks get LoRA adapters (with --lora-rank)", "model")
     feature_layers: list = opt([], "tokens from these backbone blocks, averaged (each through the final norm; "
                                "negative counts from the end: -1 -4 -8); empty: the last block's", "model", nargs="+",
                                type=int)
@@ -309,6 +313,8 @@ def validate(cfg: TrainConfig, source: str = "config") -> None:
         raise UserError(f"{source}: --crop-bottom {cfg.crop_bottom} must be within 0..0.5 (a fraction of the height)")
     if not cfg.mixup_alpha >= 0 or not 0 <= cfg.mixup_prob <= 1:
         raise UserError(f"{source}: --mixup-alpha must be >= 0 and --mixup-prob within 0..1")
+    if cfg.lora_rank < 0 or cfg.lora_blocks < 1:
+        raise UserError(f"{source}: --lora-rank must be >= 0 and --lora-blocks >= 1")
     if cfg.swa_top_k < 0:
         raise UserError(f"{source}: --swa-top-k {cfg.swa_top_k} must be >= 0")
     if cfg.stage1_patience < 1:

@@ -57,3 +57,21 @@ def create_backbone(size: str, weights: str = "hub", image_size: int = 512, grad
     if gradient_checkpointing:
         model.set_grad_checkpointing(True)
     return model
+
+
+def add_lora(backbone: nn.Module, rank: int, blocks: int) -> list[str]:
+    """LoRA adapters (peft, alpha = rank) on every Linear of the last ``blocks`` blocks; the
+    adapters start as zero updates, so the backbone computes what it did. Returns the layers."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    n = len(backbone.blocks)
+    if blocks > n:
+        raise UserError(f"--lora-blocks {blocks}: this backbone has {n} blocks")
+    prefixes = tuple(f"blocks.{k}." for k in range(n - blocks, n))
+    layers = [name for name, m in backbone.named_modules() if isinstance(m, nn.Linear) and name.startswith(prefixes)]
+    inject_adapter_in_model(LoraConfig(r=rank, lora_alpha=rank, lora_dropout=0.0, target_modules=layers), backbone)
+    return layers
+
+
+def is_lora(name: str) -> bool:
+    return ".lora_" in name

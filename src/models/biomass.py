@@ -21,7 +21,7 @@ from src.config import TrainConfig
 from src.data.transforms import MEAN, STD
 from src.errors import UserError
 from src.models.aux_heads import build_aux_heads, start_at_data
-from src.models.backbone import create_backbone
+from src.models.backbone import add_lora, create_backbone, is_lora
 from src.models.depth import DepthAttention, DepthFeatures
 from src.models.heads import DensityHead
 from src.targets import TARGETS, complete, consistent, direct_targets, reconcile
@@ -96,6 +96,8 @@ class BiomassModel(nn.Module):
         self.backbone = create_backbone(
             cfg.backbone_size, cfg.backbone_weights if weights is None else weights, cfg.image_size, cfg.gradient_checkpointing
         )
+        if cfg.lora_rank:
+            add_lora(self.backbone, cfg.lora_rank, cfg.lora_blocks)
         if cfg.compile:
             compile_backbone(self.backbone)
         dim = self.backbone.num_features
@@ -128,9 +130,10 @@ class BiomassModel(nn.Module):
 
     # --- backbone --------------------------------------------------------------------------------
     def freeze_backbone(self, frozen: bool) -> None:
+        """With --lora-rank only the adapters ever train; the backbone's own weights stay as loaded."""
         self.backbone_frozen = frozen
-        for p in self.backbone.parameters():
-            p.requires_grad_(not frozen)
+        for name, p in self.backbone.named_parameters():
+            p.requires_grad_(not frozen and (not self.cfg.lora_rank or is_lora(name)))
 
     def normalise(self, x: torch.Tensor) -> torch.Tensor:
         """uint8 (or 0..255 float) RGB -> the backbone's normalised input, on the model's device."""
