@@ -117,3 +117,19 @@ def test_bad_averaging_values_are_refused(kw, words):
 
     with pytest.raises(UserError, match=words):
         validate(TrainConfig(**kw), "cli")
+
+
+def test_the_ema_of_a_compiled_model_runs_its_own_backbone():
+    """A deep copy keeps the compiled forward of the original backbone (it is a plain function
+    attribute): the EMA would validate the raw weights. make_ema recompiles the copy's own."""
+    from src.models.biomass import BiomassModel
+
+    cfg = TrainConfig(**TINY, compile=True, ema=True)
+    model = BiomassModel(cfg)
+    ema = averaging.make_ema(model, cfg)
+
+    def bound_to(backbone):
+        fn = backbone.forward_features
+        return getattr(getattr(fn, "_torchdynamo_orig_callable", None) or fn.__wrapped__, "__self__", None)
+
+    assert bound_to(ema.module.backbone) is ema.module.backbone and bound_to(model.backbone) is model.backbone
