@@ -74,3 +74,26 @@ def fold(demo_data) -> dict:
     batch["aos_view"] = batch["image"] * 0.8 + 0.1
     batch.update({k: torch.tensor(v[:16]) for k, v in aux_targets(train, stats, extras).items()})
     return {"extras": extras, "stats": stats, "batch": batch, "train": train}
+
+
+@pytest.fixture(scope="session")
+def predicts_its_oof():
+    """``check(model_dir, data)``: every fold checkpoint under ``model_dir``, loaded the way
+    prediction loads it (no flags), reproduces its ``oof.parquet``: what was scored is what was saved."""
+    import numpy as np
+    import pandas as pd
+
+    from src.data.schema import load_train
+    from src.inference import load_fold_models, predict_images
+    from src.targets import TARGETS
+
+    def check(model_dir, data):
+        for fold_model in load_fold_models(model_dir, "cpu"):
+            oof = pd.read_parquet(Path(model_dir) / f"fold{fold_model[0]}/oof.parquet")
+            images = load_train(data).set_index("image_id").loc[oof["image_id"]].reset_index()
+            pred = predict_images([fold_model], images, data, tta=False, batch_size=4)
+            want = oof[[f"pred_{t}" for t in TARGETS]].to_numpy(np.float64, copy=True)
+            want[:, TARGETS.index("Dry_Total_g")] = want[:, :3].sum(1)  # Total as prediction reports it
+            np.testing.assert_allclose(pred, want, rtol=1e-5, atol=1e-4)
+
+    return check

@@ -4,7 +4,6 @@ best epochs as the fold's weights and OOF. Both checkpoints load in prediction w
 
 import json
 
-import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -12,10 +11,7 @@ from safetensors.torch import load_file
 from timm.utils.model_ema import ModelEmaV3
 
 from src.config import TrainConfig
-from src.data.schema import load_train
 from src.errors import UserError
-from src.inference import load_fold_models, predict_images
-from src.targets import TARGETS
 from src.training import averaging
 from src.training import run as run_module
 
@@ -30,19 +26,8 @@ def _run(data, out, **kw):
     return out / "fold0"
 
 
-def _assert_predict_reproduces_oof(fold_dir, data):
-    """The saved checkpoint, loaded the usual way, gives the fold's OOF: what was scored is what was saved."""
-    models = load_fold_models(fold_dir.parent, "cpu")
-    oof = pd.read_parquet(fold_dir / "oof.parquet")
-    images = load_train(data).set_index("image_id").loc[oof["image_id"]].reset_index()
-    pred = predict_images(models, images, data, tta=False, batch_size=4)
-    want = oof[[f"pred_{t}" for t in TARGETS]].to_numpy(np.float64, copy=True)
-    want[:, TARGETS.index("Dry_Total_g")] = want[:, :3].sum(1)  # Total as prediction reports it
-    np.testing.assert_allclose(pred, want, rtol=1e-5, atol=1e-4)
-
-
 @guards("--ema", "--ema-decay")
-def test_ema_follows_every_update_and_is_what_is_saved(demo_data, tmp_path, monkeypatch):
+def test_ema_follows_every_update_and_is_what_is_saved(demo_data, tmp_path, monkeypatch, predicts_its_oof):
     seen, real = [], ModelEmaV3.update
 
     def spy(self, model, step=None):
@@ -68,11 +53,11 @@ def test_ema_follows_every_update_and_is_what_is_saved(demo_data, tmp_path, monk
     worst = max(float((best[k].float() - expected[k].float()).abs().max()) for k in best)
     assert worst < 1e-5, worst  # the one epoch is the best one: its EMA is the saved model
     assert any(not torch.equal(best[k], last[k]) for k in best)  # the raw weights went on without it
-    _assert_predict_reproduces_oof(fold, demo_data)
+    predicts_its_oof(fold.parent, demo_data)
 
 
 @guards("--swa-top-k")
-def test_swa_top_k_saves_the_mean_of_the_last_stages_best_epochs(demo_data, tmp_path, monkeypatch):
+def test_swa_top_k_saves_the_mean_of_the_last_stages_best_epochs(demo_data, tmp_path, monkeypatch, predicts_its_oof):
     averaged, real = [], averaging.average_state
 
     def spy(paths):
@@ -94,7 +79,7 @@ def test_swa_top_k_saves_the_mean_of_the_last_stages_best_epochs(demo_data, tmp_
     assert metrics["swa_epochs"] == epochs and not (fold / "top").exists()
     oof = pd.read_parquet(fold / "oof.parquet")
     assert len(oof) and metrics["weighted_r2"] not in hist["weighted_r2"].tolist()  # scored as averaged
-    _assert_predict_reproduces_oof(fold, demo_data)
+    predicts_its_oof(fold.parent, demo_data)
 
 
 def test_top_k_keeps_the_best_and_deletes_only_after_the_commit(tmp_path):
