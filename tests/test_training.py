@@ -70,7 +70,12 @@ def test_two_stage_run_writes_every_output(demo_data, tmp_path):
     assert not (out / "oof_metrics.json").exists()  # one fold of five: merging is the pipeline's job
 
 
-@pytest.mark.parametrize("extra", [(), ("--ema", "--ema-decay", "0.9", "--swa-top-k", "2"), ("--mixup-alpha", "0.4")],
+# The averaging and mixup variants are slow (make test-slow): make test stays near 10 minutes.
+SLOW = pytest.mark.slow
+
+
+@pytest.mark.parametrize("extra", [(), pytest.param(("--ema", "--ema-decay", "0.9", "--swa-top-k", "2"), marks=SLOW),
+                                   pytest.param(("--mixup-alpha", "0.4"), marks=SLOW)],
                          ids=["plain", "ema+swa", "mixup"])  # fmt: skip
 def test_ddp_two_ranks_match_one_process(demo_data, tmp_path, extra):
     # Stage 1 on the frozen-feature cache, Stage 2 on the live backbone: both must match.
@@ -87,7 +92,7 @@ def test_ddp_two_ranks_match_one_process(demo_data, tmp_path, extra):
     _assert_same_weights(tmp_path / "single/fold0/best.safetensors", tmp_path / "ddp/fold0/best.safetensors", 1e-5)
 
 
-@pytest.mark.parametrize("extra", [(), ("--ema", "--swa-top-k", "3")], ids=["plain", "ema+swa"])
+@pytest.mark.parametrize("extra", [(), pytest.param(("--ema", "--swa-top-k", "3"), marks=SLOW)], ids=["plain", "ema+swa"])
 def test_resume_after_kill_matches_uninterrupted(demo_data, tmp_path, extra):
     common = ("--folds", "2", "--freeze-epochs", "3", "--stage1-patience", "5", "--stage2-epochs", "4",
               "--batch-size", "8", *extra)  # fmt: skip
