@@ -10,9 +10,12 @@ DEMO_DIR := data/demo
 
 .PHONY: demo test test-slow lint bench clean-demo mutation slurm-acceptance
 
-.venv/.installed: requirements.txt
+# .venv/wheels: the dependency wheels of the offline Kaggle package (src.kaggle_package), downloaded
+# once here because its build (and its test) run without network.
+.venv/.installed: requirements.txt requirements-kaggle.txt
 	@test -x $(PY) || python3 -m venv .venv
 	$(PY) -m pip install -qq --disable-pip-version-check -r requirements.txt
+	$(PY) -m pip download -q --disable-pip-version-check --no-deps --only-binary=:all: -d .venv/wheels -r requirements-kaggle.txt
 	@touch $@
 
 # The main job: the Snakemake pipeline on the embedded demo data (config/demo.yaml), then its
@@ -24,7 +27,10 @@ demo: .venv/.installed
 	snakemake --configfile config/demo.yaml --report $(DEMO_RESULTS)/report.html
 	@cat $(DEMO_RESULTS)/report/model_table.md
 	@python -c "import json; h = json.load(open('$(DEMO_RESULTS)/ensemble/holdout.json')); \
-		print(f\"ensemble holdout weighted_r2 on the demo's hidden test truth: {h['weighted_r2']:.4f}\")"
+		f = json.load(open('$(DEMO_RESULTS)/final/steps.json')); \
+		print(f\"holdout weighted_r2 on the demo's hidden test truth: round-1 ensemble {h['weighted_r2']:.4f}, \" \
+		      f\"submission {f['holdout_weighted_r2']:.4f}\")"
+	@echo "submission: $(DEMO_RESULTS)/submission.csv; Kaggle package: $(DEMO_RESULTS)/kaggle/"
 	@echo "report: $(DEMO_RESULTS)/report.html (plots in $(DEMO_RESULTS)/report/)"
 
 test: .venv/.installed

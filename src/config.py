@@ -158,6 +158,18 @@ class TrainConfig:
     swa_top_k: int = opt(0, "average the weights of the K best epochs of the last stage (by val weighted_r2) into the "
                          "fold's final weights and OOF; 0 or 1: the best epoch alone", "training")
 
+    # --- rounds after cross-validation (the pipeline's round 2 and refits) -----------------------
+    pseudo_labels: str = opt("", "CSV of pseudo-labelled images (image_id, image_path under --data-dir, the five targets "
+                             "in grams) added to each fold's training images, never to its validation; '{fold}' in the "
+                             "path is the fold number, so each fold reads labels made without its validation images",
+                             "rounds")
+    pseudo_weight: float = opt(0.5, "loss weight of a pseudo-labelled image (a real one has 1); the auxiliary heads "
+                               "learn from real images only", "rounds")
+    refit_from: str = opt("", "full-data refit: train on every image of the fold CSV, without validation, for the "
+                          "epoch counts the folds of this CV run's --output-dir chose (median over fold<k>/metrics.json "
+                          "of each stage's epochs up to the best one); the last epoch's weights go to "
+                          "<output-dir>/full/", "rounds")
+
     # --- cross-validation ----------------------------------------------------------------------
     use_predefined_folds: bool = opt(True, "read folds from --fold-csv", "cv", no_flag="--no-predefined-folds")
     fold_csv: str = opt("data/trainfold_group_location.csv", "fold CSV (image_id, fold)", "cv")
@@ -175,7 +187,7 @@ FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 # Settings that do not change what a fold learns (where it runs, where files are): a resume may
 # differ in these, and fold models that differ only in these are one model.
 RUNTIME_ONLY = {"resume", "num_workers", "device", "output_dir", "folds", "data_dir", "fold_csv", "depth_cache_dir",
-                "image_cache_dir"}
+                "image_cache_dir", "pseudo_labels"}  # where the pseudo-labels are; their content is in fold_inputs
 
 
 def default_of(name: str) -> Any:
@@ -317,6 +329,10 @@ def validate(cfg: TrainConfig, source: str = "config") -> None:
         raise UserError(f"{source}: --lora-rank must be >= 0 and --lora-blocks >= 1")
     if cfg.swa_top_k < 0:
         raise UserError(f"{source}: --swa-top-k {cfg.swa_top_k} must be >= 0")
+    if not 0 < cfg.pseudo_weight <= 1:
+        raise UserError(f"{source}: --pseudo-weight {cfg.pseudo_weight} must be within 0..1 (0 excluded)")
+    if cfg.refit_from and cfg.swa_top_k > 1:
+        raise UserError(f"{source}: --refit-from has no validation to rank epochs by; drop --swa-top-k")
     if cfg.stage1_patience < 1:
         raise UserError(f"{source}: --stage1-patience {cfg.stage1_patience} must be >= 1 (epochs without gain)")
     planned = cfg.freeze_epochs + cfg.stage2_epochs if cfg.two_stage else cfg.epochs

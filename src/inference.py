@@ -56,8 +56,8 @@ def _fold_number(fold_dir: Path) -> int | None:
 
 
 def load_fold_models(model_dir: str | Path, device: torch.device | str = "cpu", allow_mixed: bool = False) -> list[FoldModel]:
-    """Every ``fold<k>/best.safetensors`` under ``model_dir`` with its ``config.yaml``, in fold
-    order, in eval mode on ``device``. The backbone is built without hub access; all weights
+    """Every ``fold<k>/best.safetensors`` under ``model_dir`` (or a refit's ``full/``, as fold -1)
+    with its ``config.yaml``, in fold order, in eval mode on ``device``. The backbone is built without hub access; all weights
     (and the ``target_scale`` buffer) come from the checkpoint, loaded strictly. Fold models
     trained with different settings are refused (``allow_mixed``: averaged, with a warning)."""
     model_dir = Path(model_dir)
@@ -67,6 +67,8 @@ def load_fold_models(model_dir: str | Path, device: torch.device | str = "cpu", 
     found = sorted(
         (k, p.parent) for p in model_dir.glob(f"fold*/{CHECKPOINT}") if (k := _fold_number(p.parent)) is not None
     )
+    if not found and (model_dir / "full" / CHECKPOINT).is_file():
+        found = [(-1, model_dir / "full")]  # a full-data refit (--refit-from): one model, fold -1
     if not found:
         raise UserError(f"--model-dir {model_dir}: no fold*/{CHECKPOINT} checkpoints; {_train_hint(model_dir)}")
     models = []

@@ -49,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tta-scales", nargs="+", type=float, default=[1.0], metavar="S",
                    help="also average over these multiples of each model's --image-size (multi-scale TTA, e.g. "
                         "0.875 1 1.125; rounded to multiples of 16) (default: 1)")
+    p.add_argument("--per-fold", action="store_true",
+                   help="with --data-dir: each fold model's own predictions, <split>_pred_folds.parquet (a fold column; "
+                        "no mean, no submission): what the pseudo-label round labels each fold's test images with")
     p.add_argument("--allow-mixed-folds", action="store_true",
                    help="average fold models trained with different settings (refused by default), with a warning")
     p.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default: 8)")
@@ -65,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _check_args(args: argparse.Namespace) -> None:
     if args.images and (args.out_dir or args.split != "test"):
         raise UserError("--out-dir and --split go with --data-dir; with --images use --out FILE.csv")
+    if args.images and args.per_fold:
+        raise UserError("--per-fold goes with --data-dir")
     if args.data_dir and args.out:
         raise UserError("--out goes with --images; with --data-dir use --out-dir DIR")
     if args.batch_size < 1 or args.num_workers < 0:
@@ -97,6 +102,12 @@ def main(argv=None) -> None:
         return
 
     out_dir = Path(args.out_dir or args.model_dir)
+    if args.per_fold:
+        per = pd.concat([predict_split([m], args.data_dir, args.split, depth_cache_dir=args.depth_cache_dir, **kw)
+                         .assign(fold=m[0]) for m in models], ignore_index=True)  # fmt: skip
+        write_parquet(out_dir / f"{args.split}_pred_folds.parquet", per)
+        print(f"wrote {out_dir / f'{args.split}_pred_folds.parquet'} ({len(models)} folds x {per['image_id'].nunique()} images)")
+        return
     pred = predict_split(models, args.data_dir, args.split, depth_cache_dir=args.depth_cache_dir, **kw)
     sub = submission(pred, args.data_dir) if args.split == "test" else None  # checked before anything is written
     pred_path = out_dir / f"{args.split}_pred.parquet"

@@ -3,7 +3,8 @@
     python -m src.report --results-dir results --models M1 M2 --out-dir results/report
 
 Reads ``<results>/models/<model>/{oof.parquet, oof_metrics.json, fold*/history.csv}`` and, when
-the ensemble ran, ``<results>/ensemble/{oof.parquet, weights.json, holdout.json}``; writes
+the ensemble ran, ``<results>/ensemble/{oof.parquet, weights.json, holdout.json}`` and
+``<results>/final/steps.json`` (the steps after round 1, with and without each); writes
 ``pred_vs_true.png``, ``r2_by_state.png``, ``learning_curves.png``, ``model_table.csv`` and
 ``model_table.md`` into the output folder. The table's scores are recomputed from the OOF
 parquet files (the source of truth), so they always match the plots.
@@ -194,6 +195,43 @@ def ensemble_note(results: str | Path) -> str | None:
     weights = ", ".join(f"{m} {_float(v):.3f}" for m, v in (w.get("weights") or {}).items())
     scores = ", ".join(f"{k} {_float(v):.4f}" for k, v in (w.get("oof_weighted_r2") or {}).items())
     return f"ensemble method: {w.get('method', '?')} (weights: {weights}; OOF weighted_r2 by method: {scores})"
+
+
+def steps_rows(results: str | Path) -> list[list[str]] | None:
+    """The steps after round 1 (``final/steps.json``): OOF and holdout weighted R² without -> with."""
+    steps = read_json(Path(results) / "final" / "steps.json")
+    if not steps:
+        return None
+    f = lambda v: "–" if v is None or not np.isfinite(_float(v)) else f"{float(v):.4f}"  # noqa: E731
+    rows = []
+    for st in steps["steps"]:
+        if "oof_weighted_r2" in st:  # the starting point
+            rows.append([st["step"], "", f(st["oof_weighted_r2"]), "", f(st.get("holdout_weighted_r2")), ""])
+            continue
+        oof = f"{f(st['oof_without'])} → {f(st['oof_with'])}"
+        if "oof_nested_with" in st:
+            oof += f" (nested CV {f(st['oof_nested_without'])} → {f(st['oof_nested_with'])})"
+        rows.append([st["step"], "yes" if st["used"] else "no", oof, "",
+                     f"{f(st['holdout_without'])} → {f(st['holdout_with'])}", ""])  # fmt: skip
+    return [r[:3] + r[4:5] for r in rows]
+
+
+STEPS_HEADER = ["step", "kept", "OOF weighted R² (without → with)", "holdout weighted R² (without → with)"]
+STEPS_NOTE = ("After round 1, each step in order, scored without and with it. A step is kept when OOF says so "
+              "(post-processing: nested CV over the folds); the holdout is the demo's hidden test truth, which "
+              "chose nothing. A refit has no held-out images, so no OOF score.")
+
+
+def steps_markdown(rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(STEPS_HEADER) + " |", "|:--|:-:|--:|--:|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n## From the ensemble to the submission\n\n" + STEPS_NOTE + "\n\n" + "\n".join(lines) + "\n"
+
+
+def steps_html(rows: list[list[str]]) -> str:
+    head = "".join(f"<th>{h}</th>" for h in STEPS_HEADER)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<h2>From the ensemble to the submission</h2><p>{html.escape(STEPS_NOTE)}</p><table><tr>{head}</tr>{body}</table>"
 
 
 # ------------------------------------------------------------------------------------- plots
@@ -400,10 +438,15 @@ def make_report(results: str | Path, models: list[str], out_dir: str | Path) -> 
     plot_pred_vs_true(scatter, paths["pred_vs_true.png"], source)
     plot_r2_by_state(frames, paths["r2_by_state.png"])
     plot_learning_curves(results, models, paths["learning_curves.png"])
+    steps = steps_rows(results)
+    page = table_html(table, notes)
+    if steps:
+        md += steps_markdown(steps)
+        page = page.replace("</body>", steps_html(steps) + "</body>")
     write_csv(paths["model_table.csv"], table)
     write_text(paths["model_table.md"], md)
-    write_text(paths["model_table.html"], table_html(table, notes))
-    print(table_markdown(table, notes), end="")
+    write_text(paths["model_table.html"], page)
+    print(md, end="")
     for p in paths.values():
         print(f"wrote {p}")
     return paths

@@ -122,7 +122,8 @@ def test_readme_dvc_commands_run_verbatim_from_a_clone(tmp_path):
     log = (copy / "results/demo/logs/train/baseline_fold0.log").read_text()
     assert "starting over" in log, log[-2000:]  # the saved fold was not resumed under a new setting
     # The variant's Snakemake run (the clone's newest log; `snakemake --touch` wrote the one before)
-    # trained baseline's 5 folds and nothing else: the pulled caches and planthydra were current.
+    # trained baseline's 5 round-1 folds and no other round-1 fold: the pulled caches and planthydra were
+    # current (round 2 and the refits follow, from the new pseudo-labels).
     run_log = max((copy / ".snakemake/log").glob("*.snakemake.log")).read_text()
     trained = re.findall(r"output: results/demo/models/(\w+)/fold\d/metrics.json", run_log)
     assert sorted(trained) == ["baseline"] * 5, trained

@@ -106,6 +106,31 @@ def test_multi_scale_tta_and_photo_cleaning_reach_the_jobs(repo):
     assert "--clean-date-stamp" in text.split("python -m src.dinov3_train", 1)[1].split("\n", 1)[0]
 
 
+def test_the_rounds_after_round_1_are_jobs_with_their_own_inputs(repo):
+    """pseudo.enabled: fold k of round 2 trains on fold k's pseudo-labels (made from the round-1 fold
+    models' own test predictions); refit.use: one refit per model, from its CV folds' histories."""
+    cfg = yaml.safe_load((repo / "config/test.yaml").read_text())
+    cfg.update(pseudo={"enabled": True, "weight": 0.25}, refit={"use": True})
+    (repo / "config/rounds.yaml").write_text(yaml.safe_dump(cfg))
+    out = _snake("--configfile", "config/rounds.yaml", "-n", "-p", cwd=repo)
+    text = out.stdout + out.stderr
+    jobs = text.split("\n\n")
+    round2 = [j for j in jobs if "rule train_round2:" in j and "wildcards: model=baseline, fold=2" in j]
+    assert len(round2) == 1
+    assert "results/test/round2/pseudo/fold2.csv" in round2[0].split("input:", 1)[1].split("output:", 1)[0]
+    assert "--pseudo-labels results/test/round2/pseudo/fold2.csv --pseudo-weight 0.25" in round2[0]
+    assert "--output-dir results/test/round2/models/baseline" in round2[0]
+    assert "python -m src.predict --model-dir results/test/models/baseline" in text and "--per-fold" in text
+    refit = [j for j in jobs if "rule refit:" in j and "model=planthydra" in j]
+    assert len(refit) == 1 and "--refit-from results/test/models/planthydra" in refit[0]
+    assert "results/test/models/planthydra/fold2/metrics.json" in refit[0]
+    final = next(j for j in jobs if "rule final:" in j)
+    assert "--round2 --refit" in final and "results/test/refit/baseline/test_pred.parquet" in final
+    assert "results/test/round2/OFF.txt" not in text
+    plain = _snake("--configfile", "config/test.yaml", "-n", cwd=repo)
+    assert "results/test/round2/OFF.txt" in plain.stdout and "train_round2" not in plain.stdout
+
+
 def test_a_slurm_run_stops_before_submitting_a_job_no_node_can_hold(repo, tmp_path):
     """A real (not dry) run through profiles/slurm, with sinfo reporting one 2-CPU node without GPUs."""
     bin_dir = tmp_path / "bin"

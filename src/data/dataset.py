@@ -67,7 +67,7 @@ class BiomassDataset(Dataset):
         # Deterministic per (seed, epoch, image) so DDP and resume see the same augmentations.
         aug_seed = (self.seed * 1_000_003 + epoch * 10_007 + i) % (2**31 - 1)
         depth = None if self.depth is None else self.depth[i]
-        if self.halves is not None:
+        if self.halves is not None and self.halves[1][i] >= 0:  # row -1: not in the cache (pseudo-labelled photos)
             cache, rows = self.halves
             item = self.transform.from_halves(cache[rows[i]], aug_seed, depth)
         else:

@@ -70,6 +70,8 @@ class Aos(LossTerm):
 
 
 class CrossView(LossTerm):
+    on_masses = True
+
     def __init__(self, cfg, stats):
         super().__init__("cross_view", cfg.cross_view_weight)
         from src.models.biomass import direct_heads

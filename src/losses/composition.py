@@ -26,6 +26,8 @@ QC_MAX_FACTOR = 1.5
 
 
 class Cosine(LossTerm):
+    on_masses = True
+
     def __init__(self, cfg, stats):
         super().__init__("cosine", cfg.cosine_weight)
         self.space = Space(stats, cfg.use_log_transform)
@@ -36,6 +38,7 @@ class Cosine(LossTerm):
 
 class _OnRaw(LossTerm):
     """Penalties on the raw (unclipped, unreconciled) outputs, in units of the Total's std."""
+    on_masses = True
 
     def __init__(self, name, weight, stats):
         super().__init__(name, weight)

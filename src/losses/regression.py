@@ -53,6 +53,8 @@ class Space(torch.nn.Module):
 
 
 class Regression(LossTerm):
+    on_masses = True
+
     def __init__(self, cfg, stats):
         super().__init__(("smoothl1" if cfg.smoothl1 else "mse") + ("_log" if cfg.use_log_transform else ""))
         self.smoothl1 = cfg.smoothl1
@@ -66,6 +68,8 @@ class Regression(LossTerm):
 
 
 class GaussianNLL(LossTerm):
+    on_masses = True
+
     def __init__(self, cfg, stats):
         super().__init__("nll")
         self.space = Space(stats, cfg.use_log_transform)
@@ -79,6 +83,8 @@ class GaussianNLL(LossTerm):
 
 
 class HuberDead(LossTerm):
+    on_masses = True
+
     def __init__(self, cfg, stats):
         super().__init__("huber_dead", WEIGHTS["Dry_Dead_g"])
         self.scale = float(stats["std"][DEAD].clamp(min=1e-3))

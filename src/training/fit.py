@@ -19,9 +19,12 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from src.config import RUNTIME_ONLY, TrainConfig
 from src.data.dataset import BiomassDataset, EpochIndices
+from src.data.depth import load_for_config
+from src.data.fingerprint import files_hash, frame_hash
 from src.data.fold_stats import aux_targets, fold_statistics, vocabularies
 from src.data.mixup import Mixup
 from src.data.photo_prep import PhotoPrep
+from src.data.pseudo import PSEUDO, load_pseudo
 from src.data.transforms import HalfTransform
 from src.errors import UserError
 from src.io_utils import write_csv, write_json, write_parquet
@@ -94,6 +97,31 @@ def _rows(halves: tuple | None, mask: np.ndarray) -> tuple | None:
     return None if halves is None else (halves[0], halves[1][mask])
 
 
+def _train_dataset(cfg: TrainConfig, train: pd.DataFrame, stats: dict, extras: dict, fold: int, inputs: dict,
+                   depth: np.ndarray | None, halves: tuple | None) -> tuple[BiomassDataset, dict]:
+    """The fold's training images, plus its pseudo-labelled ones (--pseudo-labels), whose labels
+    then become part of what a resume must match."""
+    aux = aux_targets(train, stats, extras)
+    if cfg.pseudo_labels:
+        pseudo = load_pseudo(cfg.pseudo_labels, fold, cfg.data_dir, train)
+        inputs = {**inputs, "pseudo labels": frame_hash(pseudo),
+                  "pseudo photos": files_hash(cfg.data_dir, pseudo["image_path"])}  # fmt: skip
+        extra_aux = aux_targets(pseudo, stats, extras)
+        aux = {k: np.concatenate([v, extra_aux[k]]) for k, v in aux.items()}
+        aux[PSEUDO] = np.r_[np.zeros(len(train), bool), np.ones(len(pseudo), bool)]
+        if depth is not None:
+            depth = np.concatenate([depth, load_for_config(cfg, "test", pseudo["image_id"].tolist())])
+        if halves is not None:  # not in the training image cache: decoded from the JPEG
+            halves = (halves[0], np.r_[halves[1], np.full(len(pseudo), -1)])
+        train = pd.concat([train, pseudo.drop(columns=PSEUDO)], ignore_index=True)
+    tf = dict(size=cfg.image_size, border_mask=cfg.use_border_mask, pad_to_square=cfg.use_pad_to_square)
+    ds = BiomassDataset(train, cfg.data_dir, HalfTransform(train=True, strong_aug=cfg.strong_aug,
+                        perspective=cfg.use_perspective_jitter, aos=cfg.use_aos_hallucination, **tf),
+                        seed=cfg.seed + fold, depth=depth, aux=aux, halves=halves, prep=PhotoPrep.of(cfg),
+                        mixup=Mixup.of(cfg, cfg.seed + fold))  # fmt: skip
+    return ds, inputs
+
+
 def oof_frame(val: pd.DataFrame, fold: int, outputs: dict[str, np.ndarray]) -> pd.DataFrame:
     """True and predicted grams per validation image, plus any auxiliary predictions."""
     df = pd.DataFrame({"image_id": val["image_id"].to_numpy(), "fold": fold, "State": val["State"].to_numpy()})
@@ -125,17 +153,14 @@ def train_fold(cfg: TrainConfig, info: DistInfo, images: pd.DataFrame, folds: pd
     if val.empty:
         raise UserError(f"fold {fold} has no validation images in the fold CSV; check --fold-csv and --folds")
     extras = vocabularies(train)
-    stats = fold_statistics(train, extras)
+    stats = fold_statistics(train, extras)  # real images only: the heads start at the data
     torch.manual_seed(cfg.seed + fold)
     model = BiomassModel(cfg, stats, extras).to(info.device)
     criterion = build_criterion(cfg, stats).to(info.device)
 
+    train_ds, inputs = _train_dataset(cfg, train, stats, extras, fold, inputs, None if depth is None else depth[~is_val],
+                                      _rows(halves, ~is_val))
     tf = dict(size=cfg.image_size, border_mask=cfg.use_border_mask, pad_to_square=cfg.use_pad_to_square)
-    train_ds = BiomassDataset(train, cfg.data_dir, HalfTransform(train=True, strong_aug=cfg.strong_aug,
-                              perspective=cfg.use_perspective_jitter, aos=cfg.use_aos_hallucination, **tf),
-                              seed=cfg.seed + fold, depth=None if depth is None else depth[~is_val],
-                              aux=aux_targets(train, stats, extras), halves=_rows(halves, ~is_val), prep=PhotoPrep.of(cfg),
-                              mixup=Mixup.of(cfg, cfg.seed + fold))
     val_ds = BiomassDataset(val, cfg.data_dir, HalfTransform(train=False, **tf), depth=None if depth is None else depth[is_val],
                             aux=aux_targets(val, stats, extras), halves=_rows(halves, is_val), prep=PhotoPrep.of(cfg))
     # One sampler for one or many ranks: rank r takes perm[r::world], so the union of the ranks'

@@ -64,6 +64,10 @@ def run(cfg: TrainConfig) -> dict | None:
             print(f"device {info.device} x {info.world_size} | backbone {cfg.backbone_size} | folds {todo}", flush=True)
             for line in idle_flags(cfg) + data_notes(cfg, sizes):
                 print(f"note: {line}", flush=True)
+        if cfg.refit_from:
+            from src.training.refit import refit
+
+            return refit(cfg, info, images, per_rank, inputs, depth, halves)
         for k in todo:
             with fold_lock(cfg.output_dir, k) if info.is_main else contextlib.nullcontext():
                 if info.is_main:

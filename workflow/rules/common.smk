@@ -31,6 +31,9 @@ FOLDS = config["train"].get("folds") or list(range(N_FOLDS))
 MODELS = config["models"]
 TARGET_NAMES = list(SHORT.values())  # short target names: green, dead, clover, gdm, total
 TINY_DEPTH = f"{RESULTS}/depth/tiny-da2"
+PSEUDO = config["pseudo"]["enabled"]  # the pseudo-label round (rules/rounds.smk)
+REFIT = config["refit"]["use"]  # full-data refits for the test predictions
+ROUND2 = f"{RESULTS}/round2"
 
 
 wildcard_constraints:
@@ -40,6 +43,7 @@ wildcard_constraints:
     # a cache folder: size, then how its photos were prepared (src.data.photo_prep.PhotoPrep.tag)
     res=r"\d+(_pad)?(_nostamp)?(_crop[0-9.]+)?",
     size=r"(small|base)(_nostamp)?(_crop[0-9.]+)?",
+    step="round2|refit",
 
 
 def _fail(msg):
@@ -140,7 +144,30 @@ def trainer_flags():
     return to_argv(pipeline_values())
 
 
+def pseudo_flags(labels):
+    """Round 2's trainer flags: the pipeline's, plus the pseudo-labelled images and their weight."""
+    return trainer_flags() + ["--pseudo-labels", labels, "--pseudo-weight", str(config["pseudo"]["weight"])]
+
+
+def final_members():
+    """The test predictions the final rule blends, and those it scores the steps without."""
+    pred = [f"{RESULTS}/{'refit' if REFIT else 'models'}/{m}/test_pred.parquet" for m in MODELS]
+    pred += [f"{RESULTS}/models/{m}/test_pred.parquet" for m in MODELS]  # the "without refit" scores
+    if PSEUDO:
+        pred += [f"{ROUND2}/{'refit' if REFIT else 'models'}/{m}/test_pred.parquet" for m in MODELS]
+        pred += [f"{ROUND2}/models/{m}/test_pred.parquet" for m in MODELS] + [f"{ROUND2}/blend.json"]
+    return sorted(set(pred))
+
+
+def blend_oof():
+    """The OOF predictions the submission blends: round 1's ensemble, or its blend with round 2."""
+    return f"{RESULTS}/round2/blend/oof.parquet" if PSEUDO else f"{RESULTS}/ensemble/oof.parquet"
+
+
 def all_targets():
     out = [f"{RESULTS}/models/{m}/oof_metrics.json" for m in MODELS]
     out += [f"{RESULTS}/ensemble/submission.csv", f"{RESULTS}/report/model_table.md", f"{RESULTS}/metrics/models.json"]
+    out += [f"{RESULTS}/submission.csv", f"{RESULTS}/kaggle"]
+    out += [] if PSEUDO else [f"{RESULTS}/round2/OFF.txt"]
+    out += [] if REFIT else [f"{RESULTS}/refit/OFF.txt"]
     return out

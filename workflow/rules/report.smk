@@ -5,6 +5,7 @@ rule report:
     input:
         oof=expand(f"{RESULTS}/models/{{model}}/oof_metrics.json", model=MODELS),
         ensemble=f"{RESULTS}/ensemble/oof_metrics.json",
+        steps=f"{RESULTS}/final/steps.json",
     output:
         table=f"{RESULTS}/report/model_table.csv",
         table_html=report(

@@ -1,0 +1,130 @@
+"""CLI: pseudo-labels for round 2, one CSV per fold, and the blend of round 1 with round 2.
+
+    python -m src.pseudo_labels make --results-dir results --models M1 M2 --data-dir data --n-folds 5
+    python -m src.pseudo_labels blend --results-dir results
+
+``make``: fold k's test images are labelled by the round-1 ensemble of fold k's models only
+(``models/<m>/test_pred_folds.parquet``, blended with ``ensemble/weights.json``). Those models never
+saw fold k's validation images, so round 2's fold k learns nothing about them through the labels
+and its OOF score stays honest. Kept: the ``--keep-fraction`` of images whose models agree best
+(lowest relative spread of their Total; with one model, every image). Writes
+``round2/pseudo/fold<k>.csv`` (the trainer's --pseudo-labels), ``round2/pseudo/all.csv`` (for the
+full-data refits, which have no OOF: labelled by every fold's models) and ``summary.json``.
+
+``blend``: (1 - a) * round 1 + a * round 2, ``a`` on a grid, chosen on the OOF predictions, its
+OOF score by nested CV over the folds (``a`` fitted on the other folds). Writes
+``round2/blend.json`` and ``round2/blend/oof.parquet``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from src.data.schema import load_test
+from src.errors import Parser, UserError, cli_main
+from src.io_utils import write_csv, write_json, write_parquet
+from src.metrics import weighted_r2
+from src.oof import PRED, TRUE
+from src.targets import TARGETS
+
+ALPHAS = np.round(np.linspace(0, 1, 11), 2)
+TOTAL = TARGETS.index("Dry_Total_g")
+
+
+def _read(path: Path, hint: str):
+    if not path.exists():
+        raise UserError(f"{path} not found; {hint}")
+    return json.loads(path.read_text()) if path.suffix == ".json" else pd.read_parquet(path)
+
+
+def make(results: str | Path, models: list[str], data_dir: str | Path, n_folds: int, keep_fraction: float) -> dict:
+    results = Path(results)
+    weights = _read(results / "ensemble/weights.json", "run the ensemble rule first")["weights"]
+    paths = load_test(data_dir).set_index("image_id")["image_path"]
+    per = {m: _read(results / f"models/{m}/test_pred_folds.parquet",
+                    f"run python -m src.predict --model-dir {results}/models/{m} --per-fold ...") for m in models}  # fmt: skip
+    summary = {"keep_fraction": keep_fraction, "folds": {}}
+    stacks = {}
+    for k in range(n_folds):
+        frames = []
+        for m in models:
+            f = per[m][per[m]["fold"] == k].set_index("image_id").loc[paths.index, list(TARGETS)]
+            if f.isna().any().any():
+                raise UserError(f"{results}/models/{m}/test_pred_folds.parquet: no fold {k} predictions for every "
+                                "test image; predict it again with --per-fold")  # fmt: skip
+            frames.append(f.to_numpy(np.float64))
+        stacks[str(k)] = np.stack(frames)  # (models, images, 5)
+    # The refits have no OOF to protect: theirs come from every fold's models, as the ensemble predicts.
+    stacks["all"] = np.mean(list(stacks.values()), axis=0)
+    w = np.array([weights[m] for m in models])
+    for k, stack in stacks.items():
+        label = np.tensordot(w, stack, axes=1)
+        spread = stack[:, :, TOTAL].std(0) / (stack[:, :, TOTAL].mean(0) + 1.0)  # +1 g: a near-empty quadrat
+        keep = max(1, int(round(keep_fraction * len(label)))) if len(models) > 1 else len(label)
+        chosen = np.sort(np.argsort(spread, kind="stable")[:keep])
+        out = pd.DataFrame({"image_id": paths.index[chosen], "image_path": paths.to_numpy()[chosen]})
+        out[list(TARGETS)] = label[chosen]
+        write_csv(results / f"round2/pseudo/{'all' if k == 'all' else f'fold{k}'}.csv", out, float_format="%.6f")
+        summary["folds"][k] = {"kept": int(keep), "of": len(label), "max_spread": float(spread[chosen].max())}
+        print(f"{'refits' if k == 'all' else f'fold {k}'}: {keep} of {len(label)} test images pseudo-labelled "
+              f"(relative Total spread <= {spread[chosen].max():.3f})")
+    write_json(results / "round2/pseudo/summary.json", summary)
+    return summary
+
+
+
+def blend(results: str | Path) -> dict:
+    results = Path(results)
+    one = _read(results / "ensemble/oof.parquet", "run the ensemble rule first")
+    two = _read(results / "round2/ensemble/oof.parquet", "run the round-2 ensemble rule first")
+    one, two = (f.sort_values("image_id", kind="stable").reset_index(drop=True) for f in (one, two))
+    if one["image_id"].tolist() != two["image_id"].tolist() or not one["fold"].equals(two["fold"]):
+        raise UserError(f"{results}/round2: its OOF images or folds differ from round 1's; retrain round 2 on the same folds")
+    y, p1, p2, folds = one[TRUE].to_numpy(), one[PRED].to_numpy(), two[PRED].to_numpy(), one["fold"].to_numpy()
+    mix = lambda a, rows=slice(None): (1 - a) * p1[rows] + a * p2[rows]  # noqa: E731
+    best = lambda rows: max(ALPHAS, key=lambda a: weighted_r2(y[rows], mix(a, rows)))  # noqa: E731
+    nested = np.zeros_like(y)
+    for k in np.unique(folds):
+        held = folds == k
+        nested[held] = mix(best(~held), held)
+    alpha = float(best(slice(None)))
+    oof = one[["image_id", "fold", "State", *TRUE]].copy()
+    oof[PRED] = mix(alpha)
+    out = {"alpha": alpha, "weights": _read(results / "round2/ensemble/weights.json", "run the round-2 ensemble")["weights"],
+           "oof_weighted_r2": {"round1": weighted_r2(y, p1), "round2": weighted_r2(y, p2), "blend": weighted_r2(y, mix(alpha)),
+                               "blend_nested": weighted_r2(y, nested)}}  # fmt: skip
+    write_parquet(results / "round2/blend/oof.parquet", oof)
+    write_json(results / "round2/blend.json", out)
+    s = out["oof_weighted_r2"]
+    print(f"round blend: a = {alpha:.2f} on round 2 | OOF weighted_r2 round 1 {s['round1']:.4f}, round 2 "
+          f"{s['round2']:.4f}, blend {s['blend']:.4f} (nested {s['blend_nested']:.4f})")
+    return out
+
+
+@cli_main
+def main(argv=None) -> None:
+    ap = Parser(prog="python -m src.pseudo_labels", description=__doc__.split("\n\n")[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    m = sub.add_parser("make", help="round2/pseudo/fold<k>.csv from the round-1 fold models' test predictions")
+    m.add_argument("--results-dir", required=True)
+    m.add_argument("--models", nargs="+", required=True)
+    m.add_argument("--data-dir", required=True)
+    m.add_argument("--n-folds", type=int, required=True)
+    m.add_argument("--keep-fraction", type=float, default=0.7)
+    b = sub.add_parser("blend", help="round2/blend.json: round 1 and round 2 blended on OOF")
+    b.add_argument("--results-dir", required=True)
+    args = ap.parse_args(argv)
+    if args.cmd == "make":
+        if not 0 < args.keep_fraction <= 1:
+            raise UserError(f"--keep-fraction {args.keep_fraction} must be within 0..1 (0 excluded)")
+        make(args.results_dir, args.models, args.data_dir, args.n_folds, args.keep_fraction)
+    else:
+        blend(args.results_dir)
+
+
+if __name__ == "__main__":
+    main()
