@@ -54,6 +54,7 @@ def _pseudo_csv(data, path, scale=1.0, n=6):
     return df
 
 
+@pytest.mark.long
 @guards("--pseudo-labels")
 def test_pseudo_labelled_images_reach_training_only_and_their_labels_change_what_is_learnt(demo_data, tmp_path):
     for k in (0, 1):
@@ -81,14 +82,20 @@ def test_pseudo_labelled_images_reach_training_only_and_their_labels_change_what
 
 
 def test_a_pseudo_label_csv_that_breaks_the_rules_is_refused_in_one_line(demo_data, tmp_path):
+    from src.data.pseudo import load_pseudo
+    from src.errors import UserError
+
+    train = load_train(demo_data)
     df = _pseudo_csv(demo_data, tmp_path / "p.csv")
     df.loc[2, "GDM_g"] += 5
     df.to_csv(tmp_path / "p.csv", index=False)
-    proc = _train(demo_data, tmp_path / "out", "--folds", "0", *QUICK, "--pseudo-labels", str(tmp_path / "p.csv"),
-                  check=False)  # fmt: skip
-    assert proc.returncode != 0
-    assert proc.stderr.strip().splitlines()[-1] == (f"error: {tmp_path / 'p.csv'}: row 4: the masses break GDM = Green + "
-                                                    "Clover or Total = GDM + Dead; write predictions that obey them")
+    with pytest.raises(UserError) as err:
+        load_pseudo(str(tmp_path / "p.csv"), 0, demo_data, train)
+    assert str(err.value) == (f"{tmp_path / 'p.csv'}: row 4: the masses break GDM = Green + Clover or Total = GDM + "
+                              "Dead; write predictions that obey them")
+    pd.concat([df.iloc[:1].assign(image_id=train["image_id"].iloc[0])]).to_csv(tmp_path / "q.csv", index=False)
+    with pytest.raises(UserError, match="is a training image or appears twice"):
+        load_pseudo(str(tmp_path / "q.csv"), 0, demo_data, train)
 
 
 def _fold_preds(path, value_of, ids, folds):
@@ -152,13 +159,14 @@ def test_refit_epochs_are_the_folds_median_up_to_each_best_epoch(tmp_path):
     assert plan == {"freeze_epochs": 2, "stage2_epochs": 2}
 
 
+@pytest.mark.long
 @guards("--refit-from")
 def test_a_refit_trains_on_every_image_for_the_chosen_epochs_and_predicts_as_one_model(demo_data, tmp_path):
     from src.inference import load_fold_models, predict_split
 
     cv = tmp_path / "cv"
-    _train(demo_data, cv, "--folds", "0", "1", "--freeze-epochs", "2", "--stage2-epochs", "2", "--stage1-patience", "5")
-    proc = _train(demo_data, tmp_path / "refit", "--freeze-epochs", "2", "--stage2-epochs", "2", "--refit-from", str(cv))
+    _train(demo_data, cv, "--folds", "0", "1", "--freeze-epochs", "2", "--stage2-epochs", "1", "--stage1-patience", "5")
+    proc = _train(demo_data, tmp_path / "refit", "--freeze-epochs", "2", "--stage2-epochs", "1", "--refit-from", str(cv))
     metrics = json.loads((tmp_path / "refit/full/metrics.json").read_text())
     assert metrics["n_images"] == len(load_train(demo_data)) and "refit on all 60 images" in proc.stdout
     want = {k: int(np.round(np.median([p[i] for p in metrics["folds_epochs"]]))) for i, k in
