@@ -6,7 +6,8 @@ plot data for `dvc plots show`.
 Writes into the output folder (dvc.yaml declares it; git keeps it, `cache: false`):
 
 - ``models.json``: ``{model: {weighted_r2, weighted_r2_log, r2_<target>...}}`` for every model and
-  the ensemble (+ ``holdout`` on the demo), the same scores as the report's model table;
+  the ensemble (+ ``holdout`` on the demo), the same scores as the report's model table, and
+  ``submission``: the final submission's nested-CV OOF and holdout scores (``final/steps.json``);
 - ``curves/<model>.csv``: per epoch, the validation weighted R² and losses averaged over the folds
   that reached that epoch (``folds`` says how many);
 - ``pred_vs_true/<target>.csv``: the ensemble's OOF prediction against the truth per image.
@@ -32,6 +33,7 @@ from src.report import (
     load_model_oofs,
     model_table,
     read_histories,
+    read_json,
     results_args,
 )
 from src.targets import SHORT, TARGETS
@@ -61,6 +63,17 @@ def curve(model_dir: Path) -> pd.DataFrame:
     return out[["epoch", *cols, "folds"]]
 
 
+def submission_scores(results: Path) -> dict:
+    """The submission after every step (``final/steps.json``): its honest OOF score (the last step's
+    nested CV) and its holdout on the demo; empty before the final rule ran."""
+    steps = read_json(results / "final" / "steps.json")
+    if not steps:
+        return {}
+    last = steps["steps"][-1]
+    out = {"oof_weighted_r2_nested": last.get("oof_nested_with"), "holdout_weighted_r2": steps.get("holdout_weighted_r2")}
+    return {"submission": {k: float(v) for k, v in out.items() if v is not None and math.isfinite(float(v))}}
+
+
 def pred_vs_true(oof: pd.DataFrame) -> dict[str, pd.DataFrame]:
     return {
         SHORT[t]: pd.DataFrame({"image_id": oof["image_id"], "true_g": oof[tc], "pred_g": oof[pc]})
@@ -75,6 +88,7 @@ def write_dvc_metrics(results: str | Path, models: list[str], out_dir: str | Pat
     oofs = load_model_oofs(results, models)
     ensemble = load_ensemble_oof(results)
     scores = metrics(model_table(results, oofs, ensemble))
+    scores.update(submission_scores(results))
     curves = {m: curve(results / "models" / m) for m in models}
     ranked = sorted(oofs, key=lambda m: scores[m].get("weighted_r2", -math.inf), reverse=True)
     scatter = pred_vs_true(ensemble if ensemble is not None else oofs[ranked[0]])

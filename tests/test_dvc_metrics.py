@@ -43,6 +43,16 @@ def test_scores_match_the_report_table_and_the_best_is_the_ensemble(results):
     for name in ("good", "poor", "ensemble"):
         assert scores[name]["weighted_r2"] == pytest.approx(table.loc[name, "weighted_r2"])
     assert scores["ensemble"]["weighted_r2"] > scores["good"]["weighted_r2"] > scores["poor"]["weighted_r2"]
+    assert "submission" not in scores  # no final rule yet
+
+
+def test_the_submissions_scores_after_every_step_are_a_metric(results):
+    (results / "final").mkdir()
+    steps = {"steps": [{"step": "round 1", "oof_weighted_r2": 0.7}, {"step": "+ post-processing",
+             "oof_nested_with": 0.71, "holdout_with": 0.66}], "holdout_weighted_r2": 0.66}  # fmt: skip
+    (results / "final/steps.json").write_text(json.dumps(steps))
+    scores = json.loads((write_dvc_metrics(results, ["good"], results / "metrics") / "models.json").read_text())
+    assert scores["submission"] == {"oof_weighted_r2_nested": 0.71, "holdout_weighted_r2": 0.66}
 
 
 def test_curves_average_the_folds_that_reached_each_epoch(results):

@@ -39,6 +39,7 @@ rule dvc_metrics:
     input:
         oof=expand(f"{RESULTS}/models/{{model}}/oof_metrics.json", model=MODELS),
         ensemble=f"{RESULTS}/ensemble/oof_metrics.json",
+        steps=f"{RESULTS}/final/steps.json",
     output:
         # dvc.yaml's metrics and plots (git keeps them): what `dvc exp show` and `dvc plots show` read
         scores=f"{RESULTS}/metrics/models.json",
