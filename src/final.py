@@ -13,7 +13,6 @@ pipeline combines the members' ``test_pred.parquet`` files; the Kaggle package
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -21,16 +20,10 @@ import pandas as pd
 
 from src.errors import Parser, UserError, cli_main
 from src.inference import submission
-from src.io_utils import write_csv, write_json, write_parquet
+from src.io_utils import read_result, write_csv, write_json, write_parquet
 from src.metrics import weighted_r2
 from src.oof import PRED, TRUE
 from src.targets import TARGETS
-
-
-def _read_json(path: Path, hint: str) -> dict:
-    if not path.exists():
-        raise UserError(f"{path} not found; {hint}")
-    return json.loads(path.read_text())
 
 
 def combine(recipe: dict, preds: dict[str, pd.DataFrame]) -> pd.DataFrame:
@@ -97,14 +90,14 @@ def build(results: str | Path, data_dir: str | Path, round2: bool = False, refit
     from src.postprocess import apply_oof
 
     results, data_dir = Path(results), Path(data_dir)
-    ens = _read_json(results / "ensemble/weights.json", "run the ensemble rule first")["weights"]
-    post = _read_json(results / "ensemble/postprocess.json", "run python -m src.postprocess first")
-    oof1 = pd.read_parquet(results / "ensemble/oof.parquet")
+    ens = read_result(results / "ensemble/weights.json", "run the ensemble rule first")["weights"]
+    post = read_result(results / "ensemble/postprocess.json", "run python -m src.postprocess first")
+    oof1 = read_result(results / "ensemble/oof.parquet", "run the ensemble rule first")
     score = lambda oof: weighted_r2(oof[TRUE].to_numpy(), oof[PRED].to_numpy())  # noqa: E731
     alpha, oof, r2 = 0.0, oof1, {}
     if round2:
-        blend = _read_json(results / "round2/blend.json", "run the round-2 blend rule first")
-        alpha, oof, r2 = blend["alpha"], pd.read_parquet(results / "round2/blend/oof.parquet"), blend["weights"]
+        blend = read_result(results / "round2/blend.json", "run the round-2 blend rule first")
+        alpha, oof, r2 = blend["alpha"], read_result(results / "round2/blend/oof.parquet", "run the round-2 blend rule first"), blend["weights"]
 
     def recipe_of(refits: bool, with_round2: bool, postprocess: dict | None) -> dict:
         a = alpha if with_round2 else 0.0
@@ -117,7 +110,8 @@ def build(results: str | Path, data_dir: str | Path, round2: bool = False, refit
     def holdout_of(rec: dict) -> float | None:
         for m in rec["members"]:
             if m["model_dir"] not in preds:
-                preds[m["model_dir"]] = pd.read_parquet(results / m["model_dir"] / "test_pred.parquet")
+                preds[m["model_dir"]] = read_result(results / m["model_dir"] / "test_pred.parquet",
+                                                    "predict it first (python -m src.predict --model-dir ...)")
         return _holdout(combine(rec, preds), data_dir)
 
     folds_r1, folds_r2 = recipe_of(False, False, None), recipe_of(False, True, None)

@@ -57,3 +57,16 @@ def write_csv(path, df, **kwargs) -> None:
 def write_parquet(path, df) -> None:
     with atomic_path(path) as tmp:
         df.to_parquet(tmp, index=False)
+
+
+def read_result(path, hint: str):
+    """A JSON object or a parquet table an earlier step wrote; missing: a UserError with ``hint``
+    (how to make it)."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path} not found; {hint}")
+    if path.suffix == ".json":
+        return json.loads(path.read_text())
+    import pandas as pd
+
+    return pd.read_parquet(path)

@@ -18,7 +18,6 @@ OOF score by nested CV over the folds (``a`` fitted on the other folds). Writes
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +25,7 @@ import pandas as pd
 
 from src.data.schema import load_test
 from src.errors import Parser, UserError, cli_main
-from src.io_utils import write_csv, write_json, write_parquet
+from src.io_utils import read_result, write_csv, write_json, write_parquet
 from src.metrics import weighted_r2
 from src.oof import PRED, TRUE
 from src.targets import TARGETS
@@ -35,17 +34,11 @@ ALPHAS = np.round(np.linspace(0, 1, 11), 2)
 TOTAL = TARGETS.index("Dry_Total_g")
 
 
-def _read(path: Path, hint: str):
-    if not path.exists():
-        raise UserError(f"{path} not found; {hint}")
-    return json.loads(path.read_text()) if path.suffix == ".json" else pd.read_parquet(path)
-
-
 def make(results: str | Path, models: list[str], data_dir: str | Path, n_folds: int, keep_fraction: float) -> dict:
     results = Path(results)
-    weights = _read(results / "ensemble/weights.json", "run the ensemble rule first")["weights"]
+    weights = read_result(results / "ensemble/weights.json", "run the ensemble rule first")["weights"]
     paths = load_test(data_dir).set_index("image_id")["image_path"]
-    per = {m: _read(results / f"models/{m}/test_pred_folds.parquet",
+    per = {m: read_result(results / f"models/{m}/test_pred_folds.parquet",
                     f"run python -m src.predict --model-dir {results}/models/{m} --per-fold ...") for m in models}  # fmt: skip
     summary = {"keep_fraction": keep_fraction, "folds": {}}
     stacks = {}
@@ -79,8 +72,8 @@ def make(results: str | Path, models: list[str], data_dir: str | Path, n_folds: 
 
 def blend(results: str | Path) -> dict:
     results = Path(results)
-    one = _read(results / "ensemble/oof.parquet", "run the ensemble rule first")
-    two = _read(results / "round2/ensemble/oof.parquet", "run the round-2 ensemble rule first")
+    one = read_result(results / "ensemble/oof.parquet", "run the ensemble rule first")
+    two = read_result(results / "round2/ensemble/oof.parquet", "run the round-2 ensemble rule first")
     one, two = (f.sort_values("image_id", kind="stable").reset_index(drop=True) for f in (one, two))
     if one["image_id"].tolist() != two["image_id"].tolist() or not one["fold"].equals(two["fold"]):
         raise UserError(f"{results}/round2: its OOF images or folds differ from round 1's; retrain round 2 on the same folds")
@@ -94,7 +87,7 @@ def blend(results: str | Path) -> dict:
     alpha = float(best(slice(None)))
     oof = one[["image_id", "fold", "State", *TRUE]].copy()
     oof[PRED] = mix(alpha)
-    out = {"alpha": alpha, "weights": _read(results / "round2/ensemble/weights.json", "run the round-2 ensemble")["weights"],
+    out = {"alpha": alpha, "weights": read_result(results / "round2/ensemble/weights.json", "run the round-2 ensemble")["weights"],
            "oof_weighted_r2": {"round1": weighted_r2(y, p1), "round2": weighted_r2(y, p2), "blend": weighted_r2(y, mix(alpha)),
                                "blend_nested": weighted_r2(y, nested)}}  # fmt: skip
     write_parquet(results / "round2/blend/oof.parquet", oof)
