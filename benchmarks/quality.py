@@ -1,6 +1,6 @@
 """Quality benchmark: does the trainer learn at least as well as a minimal loop at equal settings?
 
-    python -m benchmarks.quality                  # 2 data sets x 3 seeds x 8 and 30 epochs (~30 min, 2 cores)
+    python -m benchmarks.quality                  # 2 data sets x 3 seeds x 8 and 30 epochs (~45 min, 2 cores)
     python -m benchmarks.quality --seeds 1 --epochs 8 --jobs 2   # a smoke run
 
 OOF weighted R^2 over 5 grouped folds (the demo's fold recipe), mean over seeds, on the demo
@@ -14,9 +14,13 @@ same initial weights per seed and fold), 64 px halves, batch 8, epochs and LR wi
 (c) trainer   --no-two-stage --freeze-backbone (density head, SmoothL1, augmentation, schedule)
 (d) trainer   --no-two-stage --backbone-lr = --lr
 (e) trainer   its defaults (two stages: a third of the epochs frozen; depth) at the demo's LRs
+(a_aug), (b_aug)  (a) and (b) trained on the trainer's augmented pixels: the same draws, from the
+              trainer's own dataset, so the pair sees equal data and differs only in the machinery
 
-Goal: (c) >= (a) and (d) >= (b) at both epoch counts. (c) and (d) run without depth, so each pair
-differs only in the trainer's own machinery; (e) is the trainer as `make demo` runs it.
+Goal: (c) >= (a) and (d) >= (b) at both epoch counts. (c) and (d) run without depth; (e) is the
+trainer as `make demo` runs it. (a) and (b) see plain pixels and the trainer its default (strong)
+augmentation, so c/a and d/b also carry what that augmentation costs or gains in so few epochs;
+c/a_aug and d/b_aug are the machinery alone.
 JSON in ``benchmarks/results/quality.json``.
 """
 
@@ -36,8 +40,12 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "benchmarks" / "results"
 DATASETS = {"demo": dict(seed=0, width=1000, height=500), "demo_seed1_1200x600": dict(seed=1, width=1200, height=600)}
-METHODS = ("a_probe", "b_finetune", "c_trainer_frozen", "d_trainer_finetune", "e_trainer_defaults")
-PAIRS = (("c_trainer_frozen", "a_probe"), ("d_trainer_finetune", "b_finetune"))
+MINIMAL = ("a_probe", "b_finetune", "a_probe_aug", "b_finetune_aug")
+METHODS = (*MINIMAL, "c_trainer_frozen", "d_trainer_finetune", "e_trainer_defaults")
+# The goal's pairs, and the same pairs with the baseline trained on the trainer's augmented pixels.
+PAIRS = (("c_trainer_frozen", "a_probe"), ("d_trainer_finetune", "b_finetune"),
+         ("c_trainer_frozen", "a_probe_aug"), ("d_trainer_finetune", "b_finetune_aug"))
+RATIOS = ("c/a", "d/b", "c/a_aug", "d/b_aug")
 SIZE, BATCH, LR = 64, 8, 1e-3
 DEMO_LR, DEMO_BACKBONE_LR = 3e-3, 1e-3  # config/demo.yaml
 
@@ -80,7 +88,8 @@ def _trainer(paths: dict, method: str, seed: int, epochs: int, out: Path, overri
 
 
 def _halves(paths: dict):
-    """Every training photo's two halves as the trainer's validation sees them (uint8, unaugmented)."""
+    """Every training photo's two halves as the trainer's validation sees them (uint8, unaugmented),
+    and the image cache they come from."""
     import torch
 
     from src.data import image_cache
@@ -92,11 +101,22 @@ def _halves(paths: dict):
     cache = image_cache.load(image_cache.cache_path(paths["image_cache_dir"], SIZE, "train"),
                              images["image_id"].tolist(), SIZE, False, "")  # fmt: skip
     ds = BiomassDataset(images, paths["data_dir"], HalfTransform(size=SIZE, train=False), halves=cache)
-    return images, torch.stack([ds[i]["image"] for i in range(len(ds))])
+    return images, torch.stack([ds[i]["image"] for i in range(len(ds))]), cache
 
 
-def _minimal(paths: dict, finetune: bool, seed: int, epochs: int) -> float:
-    """(a) / (b): the smallest loop that can learn the task, to measure the trainer against."""
+def _trainer_pixels(paths: dict, images, cache, tr, seed: int):
+    """Fold ``tr``'s training images under the trainer's default augmentation, drawn as the trainer
+    draws them (its dataset, seed + fold, epoch * n + row): the "same data" the issue asks for."""
+    from src.data.dataset import BiomassDataset
+    from src.data.transforms import HalfTransform
+
+    return BiomassDataset(images.iloc[tr], paths["data_dir"], HalfTransform(size=SIZE, train=True), seed=seed,
+                          halves=(cache[0], cache[1][tr]))  # fmt: skip
+
+
+def _minimal(paths: dict, finetune: bool, seed: int, epochs: int, augment: bool = False) -> float:
+    """(a) / (b): the smallest loop that can learn the task, to measure the trainer against.
+    ``augment``: train on the trainer's augmented pixels instead of the plain ones."""
     import pandas as pd
     import torch
 
@@ -106,7 +126,7 @@ def _minimal(paths: dict, finetune: bool, seed: int, epochs: int) -> float:
     from src.models.backbone import create_backbone
     from src.targets import TARGETS
 
-    images, x = _halves(paths)
+    images, x, cache = _halves(paths)
     folds = read_fold_csv(paths["fold_csv"], images, 5).to_numpy()
     y = torch.tensor(images[list(TARGETS)].to_numpy(), dtype=torch.float32)
     mean, std = torch.tensor(MEAN).view(3, 1, 1) * 255, torch.tensor(STD).view(3, 1, 1) * 255
@@ -126,14 +146,20 @@ def _minimal(paths: dict, finetune: bool, seed: int, epochs: int) -> float:
         params = [*head.parameters(), *(backbone.parameters() if finetune else [])]
         opt = torch.optim.AdamW(params, lr=LR, weight_decay=0.0)
         backbone.train(finetune)
-        with torch.set_grad_enabled(finetune):
-            frozen = None if finetune else features(x[tr]).detach()
+        with torch.no_grad():
+            frozen = None if finetune or augment else features(x[tr])
+        pixels = _trainer_pixels(paths, images, cache, tr, seed + fold) if augment else None
         g = torch.Generator().manual_seed(seed + fold)
-        for _ in range(epochs):
+        for epoch in range(epochs):
             order = torch.randperm(len(tr), generator=g)
             for i in range(0, len(tr) - BATCH + 1, BATCH):  # drop_last, like the trainer
                 b = order[i:i + BATCH]
-                f = features(x[tr][b]) if finetune else frozen[b]
+                if pixels is not None:
+                    batch = torch.stack([pixels[epoch * len(tr) + int(k)]["image"] for k in b])
+                    with torch.set_grad_enabled(finetune):
+                        f = features(batch)
+                else:
+                    f = features(x[tr][b]) if finetune else frozen[b]
                 loss = torch.nn.functional.mse_loss(head(f), (y[tr][b] - mu) / sd)
                 opt.zero_grad()
                 loss.backward()
@@ -155,8 +181,8 @@ def _cell(args) -> tuple:
     quiet.enter_context(contextlib.redirect_stdout(io.StringIO()))
     quiet.enter_context(contextlib.redirect_stderr(io.StringIO()))  # per-epoch progress bars
     with tempfile.TemporaryDirectory() as tmp, quiet:
-        if method in ("a_probe", "b_finetune"):
-            score = _minimal(paths, method == "b_finetune", seed, epochs)
+        if method in MINIMAL:
+            score = _minimal(paths, method.startswith("b_"), seed, epochs, augment=method.endswith("_aug"))
         else:
             score = _trainer(paths, method, seed, epochs, Path(tmp), overrides)
     return name, method, seed, epochs, score
@@ -166,7 +192,7 @@ def table(results: list[tuple], epochs_list: list[int]) -> tuple[str, dict]:
     summary: dict = {}
     for name, method, _seed, epochs, score in results:
         summary.setdefault(name, {}).setdefault(str(epochs), {}).setdefault(method, []).append(score)
-    lines = ["| data | epochs | " + " | ".join(METHODS) + " | c/a | d/b |", "|---" * (len(METHODS) + 4) + "|"]
+    lines = ["| data | epochs | " + " | ".join(METHODS + RATIOS) + " |", "|---" * (len(METHODS) + len(RATIOS) + 2) + "|"]
     verdict = {}
     for name, by_epochs in summary.items():
         for epochs in map(str, epochs_list):
@@ -174,8 +200,9 @@ def table(results: list[tuple], epochs_list: list[int]) -> tuple[str, dict]:
             means = {m: float(np.mean(cells[m])) for m in METHODS if m in cells}
             shown = [f"{means[m]:.3f} ± {np.std(cells[m]):.3f}" if m in means else "" for m in METHODS]
             ratios = [means[a] / means[b] if a in means and b in means and means[b] > 0 else float("nan") for a, b in PAIRS]
-            verdict[f"{name}/{epochs}"] = {"means": means, "ratios": dict(zip(("c/a", "d/b"), ratios)),
-                                           "goal_met": all(means.get(a, -1) >= means.get(b, 1e9) for a, b in PAIRS)}
+            met = [means.get(a, -1) >= means.get(b, 1e9) for a, b in PAIRS]
+            verdict[f"{name}/{epochs}"] = {"means": means, "ratios": dict(zip(RATIOS, ratios)),
+                                           "goal_met": all(met[:2]), "goal_met_same_pixels": all(met[2:])}
             lines.append(f"| {name} | {epochs} | " + " | ".join(shown) + " | " + " | ".join(f"{r:.2f}" for r in ratios) + " |")
     return "\n".join(lines), {"cells": summary, "verdict": verdict}
 

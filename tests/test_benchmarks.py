@@ -14,3 +14,32 @@ def test_gpu_step_benchmark_code_runs_on_cpu_with_a_tiny_model(tmp_path):
     assert row["images_per_s"] > 0 and row["fed_images_per_s"] > 0
     assert 0 < row["gpu_busy"] <= 1 and row["loader_workers"] >= 1
     assert row["mfu"] > 0 and math.isfinite(row["mfu"])  # the FLOP counter saw the train step
+
+
+def test_quality_baselines_with_augmentation_see_the_trainers_pixels(tmp_path):
+    """(a_aug)/(b_aug) claim equal data with the trainer: the same augmented pixels, per epoch and image."""
+    import numpy as np
+
+    from benchmarks import quality
+    from src.config import from_dict
+    from src.data import image_cache
+    from src.data.fold_stats import fold_statistics, vocabularies
+    from src.training.fit import _train_dataset
+
+    data = _synth(tmp_path, 10, 256, 128)
+    image_cache.build(data, "train", quality.SIZE, image_cache.cache_path(tmp_path / "cache", quality.SIZE, "train"))
+    paths = {"data_dir": str(data), "image_cache_dir": str(tmp_path / "cache")}
+    images, _plain, cache = quality._halves(paths)
+    tr, fold, seed = np.arange(2, 10), 1, 3
+    cfg = from_dict(dict(data_dir=str(data), image_size=quality.SIZE, seed=seed, backbone_size="tiny",
+                         backbone_weights="none", device="cpu"))  # fmt: skip
+    train = images.iloc[tr].reset_index(drop=True)
+    extras = vocabularies(train)
+    trainer_ds, _ = _train_dataset(cfg, train, fold_statistics(train, extras), extras, fold, {}, None,
+                                   (cache[0], cache[1][tr]))  # fmt: skip
+    ours = quality._trainer_pixels(paths, images, cache, tr, seed + fold)
+    for key in (0, 5, 2 * len(tr) + 3):  # epochs 0 and 2
+        assert torch.equal(ours[key]["image"], trainer_ds[key]["image"])
+    assert not torch.equal(ours[3]["image"], ours[len(tr) + 3]["image"])  # a new draw each epoch
+    changed = [not torch.equal(ours[k]["image"], _plain[tr[k]]) for k in range(len(tr))]
+    assert sum(changed) >= len(tr) // 2  # augmented, not the plain halves
