@@ -182,7 +182,7 @@ class BiomassModel(nn.Module):
         cls, patches, feat = self.encode(batch.get("image"), batch.get("depth"), cached)
         out = {name: head(feat) for name, head in self.aux.items()}
 
-        density = self.head(patches, cls)  # (B*2, N, k)
+        density = self.head(patches)  # (B*2, N, k)
         if self.depth_attention is not None:
             pooled = (density * self.depth_attention(batch["depth"].flatten(0, 1))[..., None]).sum(1)
         else:
