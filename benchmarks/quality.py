@@ -1,6 +1,6 @@
 """Quality benchmark: does the trainer learn at least as well as a minimal loop at equal settings?
 
-    python -m benchmarks.quality                  # 2 data sets x 3 seeds x 8 and 30 epochs (~22 min, 2 cores)
+    python -m benchmarks.quality                  # 2 data sets x 3 seeds x 8 and 30 epochs (9-22 min, 2 cores)
     python -m benchmarks.quality --seeds 1 --epochs 8 --jobs 2   # a smoke run
 
 OOF weighted R^2 over 5 grouped folds (the demo's fold recipe), mean over seeds, on the demo
