@@ -151,12 +151,23 @@ class TrainConfig:
     grad_accum: int = opt(1, "gradient accumulation steps per optimiser step", "training")
     grad_clip: float = opt(1.0, "max gradient norm (0 = off)", "training")
     ema: bool = opt(False, "validate, checkpoint and predict with an exponential moving average of the weights (timm "
-                    "ModelEmaV3, with its warm-up), restarted at each stage from the weights the stage starts with",
+                    "ModelEmaV3), started in each stage of --ema-stages from the weights that stage starts with",
                     "training")
-    ema_decay: float = opt(0.999, "EMA decay per optimiser update (timm's warm-up uses less during the first updates)",
-                           "training")
-    swa_top_k: int = opt(0, "average the weights of the K best epochs of the last stage (by val weighted_r2) into the "
-                         "fold's final weights and OOF; 0 or 1: the best epoch alone", "training")
+    ema_decay: float = opt(0.99, "EMA decay per optimiser update: the average spans about 1/(1-decay) updates (0.99: "
+                           "100). With --ema-warmup the decay at update t is min(this, 1 - (1+t)^(-2/3)): 0.974 after "
+                           "240 updates and 0.99 after 1000, so in a run of a few hundred updates the warm-up, not this "
+                           "value, sets it", "training")
+    ema_warmup: bool = opt(False, "timm's EMA warm-up (see --ema-decay); off: the decay is --ema-decay from the first "
+                           "update", "training")
+    ema_stages: str = opt("last", "stages that keep an EMA: last (Stage 2 when two stages run: Stage 1 trains only the "
+                          "heads and Stage 2 starts from its best raw weights, not a lagging average) or all",
+                          "training", choices=("last", "all"))
+    swa_top_k: int = opt(0, "average the weights of K epochs of the last stage into the fold's final weights and OOF "
+                         "(--swa-select says which); 0 or 1: no averaging", "training")
+    swa_select: str = opt("last", "which epochs --swa-top-k averages: last (the stage's last K: nothing is chosen on the "
+                          "fold's validation images, so its OOF score is unbiased) or best (the K best by validation "
+                          "weighted_r2 on the fold's own images: optimistic, and no unbiased score exists for it)",
+                          "training", choices=("last", "best"))
 
     # --- rounds after cross-validation (the pipeline's round 2 and refits) -----------------------
     pseudo_labels: str = opt("", "CSV of pseudo-labelled images (image_id, image_path under --data-dir, the five targets "
@@ -320,7 +331,7 @@ def validate(cfg: TrainConfig, source: str = "config") -> None:
         raise UserError(f"{source}: --use-ratio-head chooses the heads itself (Total and three shares); drop --train-dead "
                         "/ --no-train-clover / --use-compositional / --use-planthydra-loss / --use-presence-heads")
     if not 0 < cfg.ema_decay < 1:
-        raise UserError(f"{source}: --ema-decay {cfg.ema_decay} must be within 0..1 (exclusive), e.g. 0.999")
+        raise UserError(f"{source}: --ema-decay {cfg.ema_decay} must be within 0..1 (exclusive), e.g. 0.99")
     if not 0 <= cfg.crop_bottom <= 0.5:
         raise UserError(f"{source}: --crop-bottom {cfg.crop_bottom} must be within 0..0.5 (a fraction of the height)")
     if not cfg.mixup_alpha >= 0 or not 0 <= cfg.mixup_prob <= 1:

@@ -5,9 +5,12 @@ plot data for `dvc plots show`.
 
 Writes into the output folder (dvc.yaml declares it; git keeps it, `cache: false`):
 
-- ``models.json``: ``{model: {weighted_r2, weighted_r2_log, r2_<target>...}}`` for every model and
-  the ensemble (+ ``holdout`` on the demo), the same scores as the report's model table, and
-  ``submission``: the final submission's nested-CV OOF and holdout scores (``final/steps.json``);
+- ``models.json``: ``{model: {weighted_r2, weighted_r2_selected, weighted_r2_last, weighted_r2_log,
+  r2_<target>...}}`` for every model and the ensemble (+ ``holdout`` on the demo), the same scores
+  as the report's model table: ``weighted_r2`` is the unbiased one (each fold at an epoch chosen
+  on the other folds), ``weighted_r2_selected`` the optimistic one (each fold's own best epoch);
+  and ``submission``: the final submission's honest OOF score (post-processing scored by an outer
+  CV around its whole fit) and its holdout (``final/steps.json``);
 - ``curves/<model>.csv``: per epoch, the validation weighted R² and losses averaged over the folds
   that reached that epoch (``folds`` says how many);
 - ``pred_vs_true/<target>.csv``: the ensemble's OOF prediction against the truth per image.
@@ -65,12 +68,12 @@ def curve(model_dir: Path) -> pd.DataFrame:
 
 def submission_scores(results: Path) -> dict:
     """The submission after every step (``final/steps.json``): its honest OOF score (the last step's
-    nested CV) and its holdout on the demo; empty before the final rule ran."""
+    outer CV: data that chose no step scores it) and its holdout on the demo; empty before the final rule ran."""
     steps = read_json(results / "final" / "steps.json")
     if not steps:
         return {}
     last = steps["steps"][-1]
-    out = {"oof_weighted_r2_nested": last.get("oof_nested_with"), "holdout_weighted_r2": steps.get("holdout_weighted_r2")}
+    out = {"oof_weighted_r2_honest": last.get("oof_honest_with"), "holdout_weighted_r2": steps.get("holdout_weighted_r2")}
     return {"submission": {k: float(v) for k, v in out.items() if v is not None and math.isfinite(float(v))}}
 
 

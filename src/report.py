@@ -7,7 +7,10 @@ the ensemble ran, ``<results>/ensemble/{oof.parquet, weights.json, holdout.json}
 ``<results>/final/steps.json`` (the steps after round 1, with and without each); writes
 ``pred_vs_true.png``, ``r2_by_state.png``, ``learning_curves.png``, ``model_table.csv`` and
 ``model_table.md`` into the output folder. The table's scores are recomputed from the OOF
-parquet files (the source of truth), so they always match the plots.
+parquet files (the source of truth), so they always match the plots. Models are ranked by their
+unbiased score (``oof.parquet``: each fold at an epoch chosen on the other folds, ``src.oof``);
+the optimistic one (each fold's own best epoch, ``oof_selected.parquet``) and the last epoch's
+(``oof_last.parquet``) stand beside it, labelled.
 """
 
 from __future__ import annotations
@@ -24,13 +27,20 @@ import pandas as pd
 from src.errors import Parser, UserError, cli_main
 from src.io_utils import atomic_path, write_csv, write_text
 from src.metrics import per_group_r2, r2, summary, weighted_r2
-from src.oof import PRED, TRUE
+from src.oof import KINDS, LAST, PRED, SELECTED, TRUE
 from src.targets import SHORT, TARGETS
 
 ENSEMBLE = "ensemble"
 HOLDOUT = "holdout (ensemble)"
-METRIC_COLUMNS = ["weighted_r2", "weighted_r2_log", *[f"r2_{SHORT[t]}" for t in TARGETS]]
-TABLE_COLUMNS = ["model", *METRIC_COLUMNS, "folds", "best"]
+# weighted_r2 is the unbiased score; the other two come from each fold's own best and last epochs.
+METRIC_COLUMNS = ["weighted_r2", "weighted_r2_selected", "weighted_r2_last", "weighted_r2_log",
+                  *[f"r2_{SHORT[t]}" for t in TARGETS]]  # fmt: skip
+HEADERS = {"weighted_r2": "weighted_r2 (unbiased)", "weighted_r2_selected": "selected (optimistic)",
+           "weighted_r2_last": "last epoch"}  # fmt: skip
+TABLE_COLUMNS = ["model", *METRIC_COLUMNS, "score", "folds", "best"]
+SCORE_NOTE = ("weighted_r2 (unbiased): each fold scored at the epoch chosen on the OTHER folds' validation images "
+              "(models ranked by it); selected (optimistic): each fold at its own best epoch, chosen on the images "
+              "that score it; last epoch: each fold's last. Per-target and log columns are of the unbiased OOF.")
 OUTPUTS = ("pred_vs_true.png", "r2_by_state.png", "learning_curves.png", "model_table.csv", "model_table.md",
            "model_table.html")
 DPI = 110
@@ -113,22 +123,58 @@ def _fmt_folds(folds, complete) -> str:
     return f"{text} (incomplete)" if complete is False else text
 
 
+def _other_oof(model_dir: Path, name: str) -> pd.DataFrame | None:
+    path = model_dir / name
+    return read_oof(path) if path.is_file() else None
+
+
+def _side_scores(results: Path, oofs: dict[str, pd.DataFrame]) -> dict[str, dict[str, float]]:
+    """Per model, and for the ensemble its weights applied to them: the selected and last-epoch scores."""
+    out = {}
+    frames = {m: {k: _other_oof(results / "models" / m, f) for k, f in (("selected", SELECTED), ("last", LAST))}
+              for m in oofs}  # fmt: skip
+    for m, fr in frames.items():
+        out[m] = {k: _wr2(f) for k, f in fr.items()}
+    w = (read_json(results / "ensemble" / "weights.json") or {}).get("weights") or {}
+    if w and set(w) <= set(frames):
+        out[ENSEMBLE] = {}
+        for k in ("selected", "last"):
+            parts = [frames[m][k] for m in w]
+            if all(p is not None for p in parts):
+                parts = [p.sort_values("image_id", kind="stable").reset_index(drop=True) for p in parts]
+                pred = sum(float(w[m]) * p[PRED].to_numpy(float) for m, p in zip(w, parts))
+                out[ENSEMBLE][k] = weighted_r2(parts[0][TRUE].to_numpy(float), pred)
+    return out
+
+
+def _wr2(oof: pd.DataFrame | None) -> float:
+    return math.nan if oof is None else weighted_r2(oof[TRUE].to_numpy(float), oof[PRED].to_numpy(float))
+
+
 def model_table(
     results: str | Path, oofs: dict[str, pd.DataFrame], ensemble: pd.DataFrame | None = None
 ) -> pd.DataFrame:
-    """One row per model (+ ensemble, + holdout), sorted by OOF weighted_r2, the best marked.
+    """One row per model (+ ensemble, + holdout), sorted by the unbiased OOF weighted_r2, the best marked.
 
-    Scores are recomputed from the OOF frames. The holdout row (the ensemble's score on the demo's
-    hidden test truth) is not an OOF score, so it is listed last and never marked best.
+    Scores are recomputed from the OOF frames. A model without an unbiased score (``score`` is
+    "selected": one fold, or --swa-select best) has none in weighted_r2 and is ranked last. The
+    holdout row (the ensemble's score on the demo's hidden test truth) is not an OOF score, so it is
+    listed last and never marked best.
     """
     results = Path(results)
     rows = []
+    side = _side_scores(results, oofs)
     for name, oof in [*oofs.items(), *([(ENSEMBLE, ensemble)] if ensemble is not None else [])]:
         s = oof_scores(oof)
         meta = read_json(results / ("ensemble" if name == ENSEMBLE else f"models/{name}") / "oof_metrics.json") or {}
-        rows.append(
-            {"model": name, **{k: s[k] for k in METRIC_COLUMNS}, "folds": _fmt_folds(s["folds"], meta.get("complete"))}
-        )
+        kind = meta.get("score", "selected") if name != ENSEMBLE else _ensemble_kind(results, list(oofs))
+        extra = side.get(name, {})
+        s["weighted_r2_selected"] = s["weighted_r2"] if kind == "selected" else extra.get("selected", math.nan)
+        s["weighted_r2_last"] = extra.get("last", math.nan)
+        if kind == "selected":
+            s["weighted_r2"] = math.nan  # no unbiased score: what the file holds is the optimistic one
+        rows.append({"model": name, **{k: s[k] for k in METRIC_COLUMNS}, "score": kind,
+                     "folds": _fmt_folds(s["folds"], meta.get("complete"))})  # fmt: skip
     table = pd.DataFrame(rows, columns=TABLE_COLUMNS[:-1])
     score = table["weighted_r2"].astype(float).fillna(-math.inf)
     table = table.iloc[np.argsort(-score.to_numpy(), kind="stable")].reset_index(drop=True)
@@ -137,9 +183,16 @@ def model_table(
         table.loc[0, "best"] = True
     holdout = read_json(results / "ensemble" / "holdout.json")
     if holdout is not None:
-        row = {"model": HOLDOUT, **{k: _float(holdout.get(k)) for k in METRIC_COLUMNS}, "folds": "", "best": False}
+        row = {"model": HOLDOUT, **{k: _float(holdout.get(k)) for k in METRIC_COLUMNS}, "score": "holdout", "folds": "",
+               "best": False}  # fmt: skip
         table = pd.concat([table, pd.DataFrame([row], columns=TABLE_COLUMNS)], ignore_index=True)
     return table[TABLE_COLUMNS]
+
+
+def _ensemble_kind(results: Path, models: list[str]) -> str:
+    """The ensemble's OOF is a blend of the models' OOF files: unbiased when all of theirs are."""
+    kinds = {(read_json(results / "models" / m / "oof_metrics.json") or {}).get("score", "selected") for m in models}
+    return "blend" if "selected" not in kinds else "selected"
 
 
 def _float(v) -> float:
@@ -151,14 +204,15 @@ def _float(v) -> float:
 
 def table_markdown(table: pd.DataFrame, notes: list[str] | None = None) -> str:
     """A GitHub-flavoured markdown table (no tabulate), numbers to 4 decimals, the best marked ★."""
-    header = ["best", "model", *METRIC_COLUMNS, "folds"]
+    header = ["best", "model", *[HEADERS.get(k, k) for k in METRIC_COLUMNS], "score", "folds"]
     lines = [
         "| " + " | ".join(header) + " |",
-        "|" + "|".join([":-:", ":--", *["--:"] * len(METRIC_COLUMNS), ":--"]) + "|",
+        "|" + "|".join([":-:", ":--", *["--:"] * len(METRIC_COLUMNS), ":--", ":--"]) + "|",
     ]
     for _, row in table.iterrows():
         cells = ["★" if bool(row["best"]) else "", f"**{row['model']}**" if bool(row["best"]) else str(row["model"])]
         cells += ["–" if not np.isfinite(_float(row[k])) else f"{float(row[k]):.4f}" for k in METRIC_COLUMNS]
+        cells.append(str(row["score"]) if isinstance(row["score"], str) else "")
         cells.append(str(row["folds"]) if isinstance(row["folds"], str) else "")
         lines.append("| " + " | ".join(cells) + " |")
     text = "\n".join(lines) + "\n"
@@ -175,16 +229,19 @@ def table_html(table: pd.DataFrame, notes: list[str] | None = None) -> str:
         best = bool(row["best"])
         cells = ["★" if best else "", html.escape(str(row["model"]))]
         cells += ["–" if not np.isfinite(_float(row[k])) else f"{float(row[k]):.4f}" for k in METRIC_COLUMNS]
+        cells.append(html.escape(str(row["score"])) if isinstance(row["score"], str) else "")
         cells.append(html.escape(str(row["folds"])) if isinstance(row["folds"], str) else "")
         style = ' style="font-weight:bold;background:#e8f5e9"' if best else ""
         rows.append(f"<tr{style}>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
-    head = "".join(f"<th>{h}</th>" for h in ["best", "model", *METRIC_COLUMNS, "folds"])
+    head = "".join(f"<th>{h}</th>" for h in ["best", "model", *[HEADERS.get(k, k) for k in METRIC_COLUMNS], "score",
+                                                 "folds"])  # fmt: skip
     items = "".join(f"<li>{html.escape(n.replace(chr(96), ''))}</li>" for n in notes or [])  # no markdown here
     return ("<!DOCTYPE html><html><head><meta charset='utf-8'><title>Models</title><style>"
             "body{font-family:sans-serif;margin:1.5em}table{border-collapse:collapse}"
             "td,th{border:1px solid #ccc;padding:4px 10px;text-align:right}td:nth-child(2){text-align:left}"
-            "</style></head><body><h1>Models, ranked by out-of-fold weighted R²</h1>"
-            "<p>Raw grams, the competition metric; ★ = best. Scores are recomputed from the OOF predictions.</p>"
+            "</style></head><body><h1>Models, ranked by unbiased out-of-fold weighted R²</h1>"
+            "<p>Raw grams, the competition metric; ★ = best. Scores are recomputed from the OOF predictions. "
+            f"{html.escape(SCORE_NOTE)}</p>"
             f"<table><tr>{head}</tr>{''.join(rows)}</table><ul>{items}</ul></body></html>\n")  # fmt: skip
 
 
@@ -430,10 +487,14 @@ def make_report(results: str | Path, models: list[str], out_dir: str | Path) -> 
         best = table.loc[table["best"], "model"].iloc[0]
         scatter, source = oofs[best], f"{best} (best model; no ensemble)"
     frames = {**oofs, **({ENSEMBLE: ensemble} if ensemble is not None else {})}
-    notes = [n for n in [ensemble_note(results)] if n]
+    notes = [SCORE_NOTE, *[f"score `{k}`: {v}" for k, v in KINDS.items() if (table["score"] == k).any()]]
+    if (table["score"] == "blend").any():
+        notes.append("score `blend`: the ensemble of the models' unbiased OOF predictions (NNLS weights by nested CV; "
+                     "mean or NNLS chosen on these OOF)")
+    notes += [n for n in [ensemble_note(results)] if n]
     if (table["model"] == HOLDOUT).any():
         notes.append(f"`{HOLDOUT}`: the ensemble submission scored on the demo's hidden test truth, not an OOF score.")
-    md = "# Models\n\nOut-of-fold scores (raw grams; ★ = best weighted_r2).\n\n" + table_markdown(table, notes)
+    md = "# Models\n\nOut-of-fold scores (raw grams; ★ = best unbiased weighted_r2).\n\n" + table_markdown(table, notes)
     paths = {name: out_dir / name for name in OUTPUTS}
     plot_pred_vs_true(scatter, paths["pred_vs_true.png"], source)
     plot_r2_by_state(frames, paths["r2_by_state.png"])

@@ -1,6 +1,7 @@
-"""Weight averaging (src/training/averaging.py): the EMA follows every update with timm's warm-up
-and is what is validated, saved and predicted; --swa-top-k saves the mean of the last stage's K
-best epochs as the fold's weights and OOF. Both checkpoints load in prediction without a flag."""
+"""Weight averaging (src/training/averaging.py): the EMA follows every update at --ema-decay (timm's
+warm-up only with --ema-warmup), in the stages of --ema-stages, and is what is validated, saved and
+predicted; --swa-top-k saves the mean of the last stage's last (or best) K epochs as the fold's
+weights and OOF. Both checkpoints load in prediction without a flag."""
 
 import json
 
@@ -12,7 +13,7 @@ from timm.utils.model_ema import ModelEmaV3
 
 from src.config import TrainConfig
 from src.errors import UserError
-from src.training import averaging
+from src.training import averaging, fit
 from src.training import run as run_module
 
 guards = pytest.mark.guards
@@ -46,8 +47,8 @@ def test_ema_follows_every_update_and_is_what_is_saved(demo_data, tmp_path, monk
     fold = _run(demo_data, tmp_path / "ema", ema=True, ema_decay=0.5)
     assert [s for s, _ in seen] == list(range(1, len(seen) + 1)) and len(seen) >= 4  # every update, counted
     expected = dict(first)
-    for step, weights in seen:  # timm's warm-up: decay 1 - t^(-2/3) after the first update, capped at 0.5
-        decay = 0.0 if step <= 1 else min(0.5, 1 - step ** (-2 / 3))
+    for step, weights in seen:  # no warm-up: a copy at the first update, then --ema-decay itself
+        decay = 0.0 if step <= 1 else 0.5
         expected = {k: (decay * expected[k] + (1 - decay) * w) if w.is_floating_point() else w for k, w in weights.items()}
     best, last = load_file(str(fold / "best.safetensors")), load_file(str(fold / "last.safetensors"))
     worst = max(float((best[k].float() - expected[k].float()).abs().max()) for k in best)
@@ -56,8 +57,55 @@ def test_ema_follows_every_update_and_is_what_is_saved(demo_data, tmp_path, monk
     predicts_its_oof(fold.parent, demo_data)
 
 
+@guards("--ema-decay", "--ema-warmup")
+def test_the_ema_decay_acts_in_a_short_run_unless_the_warm_up_caps_it(demo_data, tmp_path):
+    """12 updates: timm's warm-up caps the decay at 1 - 12^(-2/3) = 0.81, below both 0.9 and 0.999."""
+    def saved(name, **kw):
+        fold = _run(demo_data, tmp_path / name, ema=True, epochs=2, **kw)
+        return load_file(str(fold / "best.safetensors"))
+
+    fast, slow = saved("fast", ema_decay=0.9), saved("slow", ema_decay=0.999)
+    assert max(float((fast[k].float() - slow[k].float()).abs().max()) for k in fast) > 1e-4
+    warm_fast, warm_slow = saved("warm_fast", ema_decay=0.9, ema_warmup=True), saved("warm_slow", ema_decay=0.999, ema_warmup=True)
+    assert all(torch.equal(warm_fast[k], warm_slow[k]) for k in warm_fast)
+    assert any(not torch.equal(warm_fast[k], fast[k]) for k in fast)
+
+
+@guards("--ema-stages")
+@pytest.mark.parametrize("stages, made", [("last", ["stage2"]), ("all", ["stage1", "stage2"])])
+def test_the_ema_is_kept_in_the_stages_asked_for(demo_data, tmp_path, monkeypatch, stages, made):
+    """Stage 2 starts from Stage 1's best raw weights, not from a lagging average of them (the default)."""
+    frozen, real_init = [], ModelEmaV3.__init__
+
+    def init_spy(self, model, **kw):
+        frozen.append(all(not p.requires_grad for p in model.backbone.parameters()))
+        real_init(self, model, **kw)
+
+    monkeypatch.setattr(ModelEmaV3, "__init__", init_spy)
+    _run(demo_data, tmp_path / stages, two_stage=True, freeze_epochs=1, stage1_patience=5, stage2_epochs=1, ema=True,
+         ema_stages=stages)  # fmt: skip
+    assert ["stage1" if f else "stage2" for f in frozen] == made
+
+
 @guards("--swa-top-k")
-def test_swa_top_k_saves_the_mean_of_the_last_stages_best_epochs(demo_data, tmp_path, monkeypatch, predicts_its_oof):
+def test_swa_top_k_saves_the_mean_of_the_last_stages_last_epochs(demo_data, tmp_path, monkeypatch, predicts_its_oof):
+    averaged, real = [], averaging.average_state
+
+    def spy(paths):
+        averaged.append([int(p.stem.removeprefix("epoch")) for p in paths])
+        return real(paths)
+
+    monkeypatch.setattr(averaging, "average_state", spy)
+    fold = _run(demo_data, tmp_path / "swa", two_stage=True, freeze_epochs=2, stage1_patience=5, stage2_epochs=4,
+                swa_top_k=3)  # fmt: skip
+    assert averaged == [[3, 4, 5]]  # Stage 2's last three: chosen without the validation images
+    metrics = json.loads((fold / "metrics.json").read_text())
+    assert metrics["swa_epochs"] == [3, 4, 5] and metrics["selection"] == "swa_last"
+    predicts_its_oof(fold.parent, demo_data)
+
+
+@guards("--swa-top-k", "--swa-select")
+def test_swa_top_k_best_saves_the_mean_of_the_last_stages_best_epochs(demo_data, tmp_path, monkeypatch, predicts_its_oof):
     averaged, real = [], averaging.average_state
 
     def spy(paths):
@@ -65,20 +113,29 @@ def test_swa_top_k_saves_the_mean_of_the_last_stages_best_epochs(demo_data, tmp_
         return real(paths)
 
     monkeypatch.setattr(averaging, "average_state", spy)
-    fold = _run(demo_data, tmp_path / "swa", two_stage=True, freeze_epochs=2, stage1_patience=5, stage2_epochs=4,
-                swa_top_k=3)  # fmt: skip
+    calls, real_summary = [], fit.summary
+
+    def falling(*args, **kw):  # every epoch scores lower than the one before: the best are the first
+        calls.append(None)
+        return {**real_summary(*args, **kw), "weighted_r2": 1.0 - 0.01 * len(calls)}
+
+    monkeypatch.setattr(fit, "summary", falling)
+    fold = _run(demo_data, tmp_path / "swa", two_stage=True, freeze_epochs=2, stage1_patience=5, stage2_epochs=5,
+                swa_top_k=3, swa_select="best")  # fmt: skip
     hist = pd.read_csv(fold / "history.csv")
     stage2 = hist[hist["stage"] == "stage2"].sort_values("weighted_r2", ascending=False, kind="stable")
     [(epochs, states)] = averaged
     assert epochs == sorted(stage2["epoch"].head(3).tolist())  # the last stage's 3 best, Stage 1 never
+    assert epochs != [4, 5, 6]  # not the last three: the test can tell the two choices apart
     best = load_file(str(fold / "best.safetensors"))
     for k, v in best.items():
         if v.is_floating_point():
             torch.testing.assert_close(v, torch.stack([s[k] for s in states]).mean(0), rtol=1e-6, atol=1e-6)
     metrics = json.loads((fold / "metrics.json").read_text())
-    assert metrics["swa_epochs"] == epochs and not (fold / "top").exists()
+    assert metrics["swa_epochs"] == epochs and metrics["selection"] == "swa_best" and not (fold / "top").exists()
     oof = pd.read_parquet(fold / "oof.parquet")
     assert len(oof) and metrics["weighted_r2"] not in hist["weighted_r2"].tolist()  # scored as averaged
+    assert epochs == [2, 3, 4]
     predicts_its_oof(fold.parent, demo_data)
 
 

@@ -40,4 +40,4 @@ def test_every_guide_flag_has_a_mutant_that_undoes_it():
     assert check.mutant("--no-predefined-folds") == ("use_predefined_folds", True)
     assert check.mutant("--folds") == ("folds", [])
     assert check.extra_flags()[:3] == ["--ema", "--ema-decay", "--swa-top-k"]
-    assert check.mutant("--ema-decay") == ("ema_decay", 0.999)
+    assert check.mutant("--ema-decay") == ("ema_decay", 0.99)

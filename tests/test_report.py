@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 
 from src import metrics, report
-from src.oof import PRED, TRUE
+from src.oof import PRED, SELECTED, TRUE
 from src.targets import SHORT, TARGETS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -73,8 +73,12 @@ def build_results(root: Path, seed: int = 0) -> Path:
         oof["pred_height_cm"] = 1.0  # extra columns are ignored
         oof[[f"std_{t}" for t in TARGETS]] = 0.5
         oof.to_parquet(d / "oof.parquet", index=False)
+        # The optimistic OOF (each fold's own best epoch): bad's looks best of all, so a table ranked by it would
+        # put bad first.
+        _oof(base, y, np.clip(y + rng.normal(0, 1 if m == "bad" else 2, y.shape), 0, None)).to_parquet(d / SELECTED)
         s = metrics.summary(y, p, base["State"].to_numpy())
-        (d / "oof_metrics.json").write_text(json.dumps({**s, "folds": [0, 1, 2], "complete": True, "n_images": n}))
+        (d / "oof_metrics.json").write_text(json.dumps({**s, "folds": [0, 1, 2], "complete": True, "n_images": n,
+                                                        "score": "crossfold_epoch"}))  # fmt: skip
         for k in range(3):
             (d / f"fold{k}").mkdir()
             single = STAGE2[(m, k)] is None and k == 0
@@ -157,8 +161,9 @@ def test_cli_writes_valid_pngs_and_tables(cli_run):
 def test_table_sorted_with_right_winner_and_values_from_oof(cli_run, results):
     _, out = cli_run
     table = pd.read_csv(out / "model_table.csv")
-    assert list(table.columns) == ["model", "weighted_r2", "weighted_r2_log", "r2_green", "r2_dead", "r2_clover",
-                                   "r2_gdm", "r2_total", "folds", "best"]  # fmt: skip
+    assert list(table.columns) == ["model", "weighted_r2", "weighted_r2_selected", "weighted_r2_last", "weighted_r2_log",
+                                   "r2_green", "r2_dead", "r2_clover", "r2_gdm", "r2_total", "score", "folds",
+                                   "best"]  # fmt: skip
     oof_rows = table[table["model"] != "holdout (ensemble)"]
     expected = {m: expected_scores(results, m) for m in [*MODELS, "ensemble"]}
     assert list(oof_rows["model"]) == sorted(expected, key=lambda m: -expected[m]["weighted_r2"])
@@ -167,8 +172,16 @@ def test_table_sorted_with_right_winner_and_values_from_oof(cli_run, results):
     assert table["best"].tolist() == [True, False, False, False]
     for _, row in oof_rows.iterrows():
         for k in report.METRIC_COLUMNS:
-            assert row[k] == pytest.approx(expected[row["model"]][k], rel=1e-9), (row["model"], k)
+            if k not in ("weighted_r2_selected", "weighted_r2_last"):
+                assert row[k] == pytest.approx(expected[row["model"]][k], rel=1e-9), (row["model"], k)
         assert row["folds"] == "0,1,2"
+    # Ranked by the unbiased score; the optimistic one, which would rank bad first, stands beside it.
+    rows = oof_rows.set_index("model")
+    for m in MODELS:
+        sel = pd.read_parquet(results / "models" / m / SELECTED)
+        assert rows.loc[m, "weighted_r2_selected"] == pytest.approx(metrics.weighted_r2(sel[TRUE].to_numpy(), sel[PRED].to_numpy()))
+    assert rows.loc["bad", "weighted_r2_selected"] > rows.loc["good", "weighted_r2_selected"] > rows.loc["good", "weighted_r2"]
+    assert rows["score"].tolist() == ["crossfold_epoch", "blend", "crossfold_epoch"]
     hold = table.iloc[-1]
     assert hold["model"] == "holdout (ensemble)"
     for k, v in HOLDOUT.items():

@@ -122,6 +122,10 @@ def _assert_resumed_like(full, resumed):
     h_full, h_resumed = pd.read_csv(full / "history.csv"), pd.read_csv(resumed / "history.csv")
     assert len(h_full) == len(h_resumed)
     np.testing.assert_allclose(h_full["weighted_r2"], h_resumed["weighted_r2"], rtol=1e-5)
+    # Every epoch's validation predictions (the cross-fold epoch choice reads them): once each, as uninterrupted.
+    e_full, e_resumed = (pd.read_parquet(d / "epoch_preds.parquet") for d in (full, resumed))
+    assert e_full[["epoch", "image_id"]].equals(e_resumed[["epoch", "image_id"]])
+    np.testing.assert_allclose(e_full.filter(like="pred_"), e_resumed.filter(like="pred_"), rtol=1e-4, atol=1e-4)
 
 
 def test_kill_between_weights_and_state_writes_still_resumes(demo_data, tmp_path, monkeypatch):

@@ -1,6 +1,7 @@
 """Weight averaging within one fold: an exponential moving average of the weights during a stage
-(--ema, timm's ModelEmaV3) and the mean of the K best epochs' weights of the last stage
-(--swa-top-k). The DINOv3 ViTs have no BatchNorm, so averaged weights need no statistics pass.
+(--ema, timm's ModelEmaV3, in the stages of --ema-stages) and the mean of K epochs' weights of the
+last stage (--swa-top-k: its last K, or with --swa-select best its K best on the fold's own
+validation images). The DINOv3 ViTs have no BatchNorm, so averaged weights need no statistics pass.
 
 Both yield a plain BiomassModel state dict: best.safetensors holds it, and prediction loads it
 like any other checkpoint.
@@ -20,12 +21,13 @@ from src.models.biomass import compile_backbone
 from src.training import checkpoint as ckpt
 
 
-def make_ema(model: torch.nn.Module, cfg: TrainConfig) -> ModelEmaV3 | None:
-    """The stage's EMA, starting at the model's current weights (None without --ema). Its warm-up
-    (decay 1 - (1 + t)^(-2/3), capped at --ema-decay) lets it follow the first updates closely."""
-    if not cfg.ema:
+def make_ema(model: torch.nn.Module, cfg: TrainConfig, last_stage: bool = True) -> ModelEmaV3 | None:
+    """The stage's EMA, starting at the model's current weights: None without --ema, and in a stage
+    that is not the last with --ema-stages last. With --ema-warmup timm's warm-up caps the decay at
+    1 - (1 + t)^(-2/3) at update t, which in a short run decides the decay instead of --ema-decay."""
+    if not cfg.ema or (cfg.ema_stages == "last" and not last_stage):
         return None
-    ema = ModelEmaV3(model, decay=cfg.ema_decay, use_warmup=True)
+    ema = ModelEmaV3(model, decay=cfg.ema_decay, use_warmup=cfg.ema_warmup)
     if cfg.compile:
         # The copy's compiled forward is still bound to the original backbone: compile its own.
         ema.module.backbone.__dict__.pop("forward_features", None)
@@ -46,16 +48,18 @@ def average_state(paths: list[Path]) -> dict[str, torch.Tensor]:
 
 
 class TopK:
-    """The K best epochs of a stage by validation score, their weights in ``<fold>/top/``.
+    """K epochs of a stage, their weights in ``<fold>/top/``: the best K by validation score, or
+    (``by_score=False``) the last K, whose choice sees no validation image.
 
     ``kept`` ([score, epoch] pairs) lives in the fold's resume state. A file is written when its
     epoch enters the list and deleted only by ``prune`` after the state that dropped it has been
     committed, so a kill at any point leaves every listed file on disk."""
 
-    def __init__(self, fold_dir: Path, k: int, kept: list):
+    def __init__(self, fold_dir: Path, k: int, kept: list, by_score: bool = True):
         self.folder = Path(fold_dir) / "top"
         self.k = k
         self.kept = kept
+        self.by_score = by_score
 
     @property
     def active(self) -> bool:
@@ -65,6 +69,7 @@ class TopK:
         return self.folder / f"epoch{epoch:04d}.safetensors"
 
     def offer(self, score: float, epoch: int, model: torch.nn.Module, is_main: bool) -> None:
+        score = score if self.by_score else float(epoch)  # last K: the later epoch wins
         if not self.active or (len(self.kept) >= self.k and score <= min(s for s, _ in self.kept)):
             return
         if is_main:

@@ -2,8 +2,10 @@
 
 Files under ``<output_dir>/fold<k>/``: ``best.safetensors`` + ``config.yaml`` (best validation
 weighted R^2 over both stages), ``last.safetensors`` + ``last_state.pt`` (resume),
-``history.csv`` (one row per epoch), ``oof.parquet`` (the best epoch's validation predictions)
-and ``metrics.json`` (written when the fold is finished).
+``history.csv`` (one row per epoch), ``oof.parquet`` (the best epoch's validation predictions),
+``epoch_preds.parquet`` (every epoch's validation predictions: the model's merge scores each fold
+at an epoch chosen on the other folds, ``src.oof``) and ``metrics.json`` (written when the fold is
+finished).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from src.io_utils import write_csv, write_json, write_parquet
 from src.losses import build_criterion
 from src.metrics import summary
 from src.models.biomass import BiomassModel, export_frame
+from src.oof import EPOCH_PREDS, PRED, TRUE
 from src.targets import SHORT, TARGETS
 from src.training import checkpoint as ckpt
 from src.training import fold_files
@@ -212,7 +215,8 @@ def train_fold(cfg: TrainConfig, info: DistInfo, images: pd.DataFrame, folds: pd
     hints = Hints(cfg)
     stages = plan_stages(cfg)
     last_stage = max(i for i, s in enumerate(stages) if s.epochs > 0)
-    top = TopK(fold_dir, cfg.swa_top_k, state.top)
+    top = TopK(fold_dir, cfg.swa_top_k, state.top, by_score=cfg.swa_select == "best")
+    epoch_preds = _saved_epoch_preds(fold_dir, state.epoch) if state.epoch else []
     caches = None  # (train, val) frozen-feature caches, built when a frozen stage first needs them
     for si in range(state.stage, len(stages)):
         stage = stages[si]
@@ -231,7 +235,7 @@ def train_fold(cfg: TrainConfig, info: DistInfo, images: pd.DataFrame, folds: pd
         wrapped = DDP(model, device_ids=[info.device.index] if info.device.type == "cuda" else None) if info.distributed else model
         optimizer = build_optimizer(model, cfg, stage.train_backbone)
         scheduler = build_scheduler(optimizer, cfg, stage.epochs, steps)
-        ema = make_ema(model, cfg)  # starts at the stage's first weights (Stage 2: Stage 1's best)
+        ema = make_ema(model, cfg, si == last_stage)  # starts at the stage's first weights (Stage 2: Stage 1's best)
         if resume_opt is not None and state.stage_epoch > 0:  # mid-stage: the saved optimiser is this stage's
             optimizer.load_state_dict(resume_opt["optimizer"])
             scheduler.load_state_dict(resume_opt["scheduler"])
@@ -256,6 +260,8 @@ def train_fold(cfg: TrainConfig, info: DistInfo, images: pd.DataFrame, folds: pd
                    **{f"train_{k}" if k != "loss" else "train_loss": v for k, v in train_loss.items()},
                    **{f"val_{k}" if k != "loss" else "val_loss": v for k, v in val_loss.items()}, **scores}
             state.history.append(row)
+            epoch_preds.append(oof_frame(val, fold, val_out)[["image_id", "fold", "State", *TRUE, *PRED]].assign(
+                epoch=state.epoch, stage=stage.name, stage_epoch=state.stage_epoch))
             score = scores["weighted_r2"] if np.isfinite(scores["weighted_r2"]) else float("-inf")
             all_equal_check(info, score)
             if info.is_main:
@@ -288,6 +294,7 @@ def train_fold(cfg: TrainConfig, info: DistInfo, images: pd.DataFrame, folds: pd
                         ckpt.load_weights(model, fold_dir / "best.safetensors")
             if info.is_main:
                 write_csv(fold_dir / "history.csv", pd.DataFrame(state.history))
+                write_parquet(fold_dir / EPOCH_PREDS, pd.concat(epoch_preds, ignore_index=True))
                 ckpt.save_weights(model, last_w, metadata={"epoch": str(state.epoch)})
                 ckpt.save_state(last_s, {"fold_state": state.__dict__, "model": ckpt.cpu_state(model),
                                          "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
@@ -325,14 +332,24 @@ def _average_top_k(model, top: TopK, state: FoldState, cfg: TrainConfig, info: D
     model.load_state_dict(top.average(), strict=True)
     val_out, _ = evaluate(model, val_loader, criterion, info.device)
     scores = summary(val[list(TARGETS)].to_numpy(), val_out["pred"], val["State"].to_numpy())
-    state.swa = {"epochs": top.epochs(), **scores}
+    state.swa = {"epochs": top.epochs(), "select": cfg.swa_select, **scores}
     fold_dir = top.folder.parent
     if info.is_main:
         ckpt.save_weights(model, fold_dir / "best.safetensors", cfg, extras)
         write_parquet(fold_dir / "oof.parquet", oof_frame(val, fold, val_out))
-        print(f"fold {fold}: --swa-top-k {cfg.swa_top_k}: weights of epochs {top.epochs()} averaged, weighted_r2 "
-              f"{scores['weighted_r2']:.4f} (the best epoch alone: {state.best:.4f})", flush=True)
+        print(f"fold {fold}: --swa-top-k {cfg.swa_top_k} --swa-select {cfg.swa_select}: weights of epochs {top.epochs()} "
+              f"averaged, weighted_r2 {scores['weighted_r2']:.4f} (the best epoch alone: {state.best:.4f})", flush=True)
     barrier(info)
+
+
+def _saved_epoch_preds(fold_dir: Path, epochs: int) -> list[pd.DataFrame]:
+    """The committed epochs' validation predictions of a resumed fold (a kill after the file was
+    written and before the state commit leaves one epoch too many in it: dropped)."""
+    path = fold_dir / EPOCH_PREDS
+    if not path.exists():
+        raise UserError(f"{path} is missing beside last_state.pt; delete last_state.pt to restart the fold")
+    df = pd.read_parquet(path)
+    return [df[df["epoch"] < epochs]]
 
 
 def _why_not_resume(saved: dict, cfg: TrainConfig, inputs: dict[str, str]) -> str:
@@ -353,6 +370,8 @@ def fold_metrics(fold_dir: Path, state: FoldState) -> dict:
     """The scores of the saved weights: the best epoch's, or with --swa-top-k the average's."""
     best = state.swa or (state.history[state.best_epoch] if state.best_epoch >= 0 else {})
     keys = ["weighted_r2", "weighted_r2_log", *[f"r2_{SHORT[t]}" for t in TARGETS]]
-    return {**{k: best.get(k) for k in keys}, "best_epoch": state.best_epoch,
+    # What chose the saved weights: the fold's own validation images (best epoch, SWA's best K), or nothing (SWA's last K).
+    selection = f"swa_{state.swa.get('select', 'best')}" if state.swa else "best_epoch"
+    return {**{k: best.get(k) for k in keys}, "best_epoch": state.best_epoch, "selection": selection,
             **({"swa_epochs": state.swa["epochs"]} if state.swa else {}),
             "stage2_start_epoch": state.stage2_start if state.stage2_start >= 0 else None, "epochs": state.epoch}
