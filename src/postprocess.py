@@ -1,7 +1,7 @@
 """Post-processing of the ensemble's predictions, fitted on OOF predictions and kept only where nested CV says so.
 
 The competition's winners tuned such rules by hand in notebooks. Here each is fitted on the blended OOF
-predictions and kept only if it raises the nested-CV weighted R^2 by more than ``MIN_GAIN``. Tried greedily in
+predictions and kept only if nested CV shows a gain that is not noise (the keep rule below). Tried greedily in
 this fixed order:
 
 1. ``shrink``: one multiplicative factor per component (the winners' Clover x 0.8), non-negative least squares.
@@ -20,8 +20,17 @@ while through the components a change to Clover moves GDM and Total with it, as 
 
 Nested CV: for each fold of the OOF ``fold`` column, the kept steps and then the candidate are fitted in order
 on the other folds and applied to that fold; the concatenated predictions are scored with and without the
-candidate. Final parameters are fitted on all OOF rows. ``apply`` is pure numpy (no sklearn, no pickle: the
-classifier's coefficients are in the JSON), so the Kaggle inference package can run it.
+candidate. Keep rule: a step is kept only when its gain (pooled nested-CV weighted R^2 with minus without) is
+> 0 AND the mean of its per-fold gains (weighted R^2 of each fold's rows, with minus without) exceeds
+``KEEP_SE`` times their standard error across folds (std with ddof=1 / sqrt(n_folds)): a gain that one fold
+makes and the others do not is noise. Final parameters are fitted on all OOF rows.
+
+The nested score of the kept chain chose the steps, so it is optimistic (the selection score,
+``oof_weighted_r2_after``). The honest score, ``oof_weighted_r2_honest``, puts the whole fit in an outer CV
+over the same folds: for each fold k the selection (with its own inner nested CV) and the parameter fit run on
+the other folds only, and the chain they give post-processes fold k. With fewer than 2 inner folds (a 2-fold
+OOF) no step is kept in that outer fold. ``apply`` is pure numpy (no sklearn, no pickle: the classifier's
+coefficients are in the JSON), so the Kaggle inference package can run it.
 
     python -m src.postprocess --oof results/ensemble/oof.parquet --out results/ensemble/postprocess.json
 """
@@ -40,7 +49,8 @@ from src.oof import PRED, TRUE
 from src.targets import COMPOSITION, TARGETS, WEIGHTS
 
 COMPONENTS: tuple[str, ...] = TARGETS[:3]  # Green, Dead, Clover: TARGETS begins with the components
-MIN_GAIN = 1e-4  # nested-CV weighted R^2 a step must add to be kept; below it, a gain is noise
+KEEP_SE = 1.0  # a kept step's mean per-fold gain exceeds this many standard errors of it (and its pooled gain 0)
+KEEP_RULE = f"gain > 0 and mean(fold_gains) > {KEEP_SE:g} * gain_se (gain_se = std(fold_gains, ddof=1) / sqrt(n_folds))"
 ZERO_QUANTILES = (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5)
 PROB_GRID = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 MIN_STATE_IMAGES = 5  # a State seen on fewer training images says nothing about "always 0"
@@ -172,6 +182,52 @@ def _nested(names, raw, y, state, folds) -> np.ndarray:
     return out
 
 
+def _fold_r2(y, pred, folds, ks) -> np.ndarray:
+    return np.array([weighted_r2(y[folds == k], pred[folds == k]) for k in ks])
+
+
+def _keep(gain: float, fold_gains: np.ndarray) -> tuple[bool, float]:
+    """The keep rule -> (keep, standard error of the per-fold gains): pooled gain > 0 and the mean per-fold gain
+    above KEEP_SE standard errors. Fewer than 2 folds, or a non-finite gain: nothing to tell noise by, not kept."""
+    g = np.asarray(fold_gains, dtype=np.float64)
+    if len(g) < 2 or not np.isfinite(g).all() or not np.isfinite(gain):
+        return False, float("nan")
+    se = float(g.std(ddof=1) / np.sqrt(len(g)))
+    return bool(gain > 0 and g.mean() > KEEP_SE * se), se
+
+
+def _select(raw, y, state, folds) -> tuple[list[str], list[dict], np.ndarray]:
+    """Greedy selection in STEPS order, by nested CV over ``folds`` on these rows only -> the kept names, one
+    record per step (scores and gains, no params) and the nested predictions (N, 5) of the kept chain."""
+    ks = np.unique(folds)
+    kept, records = [], []
+    base = _nested(kept, raw, y, state, folds)
+    for name in STEPS:
+        cand = _nested([*kept, name], raw, y, state, folds)
+        without, with_ = weighted_r2(y, base), weighted_r2(y, cand)
+        fold_gains = _fold_r2(y, cand, folds, ks) - _fold_r2(y, base, folds, ks)
+        keep, se = _keep(with_ - without, fold_gains)
+        records.append({"name": name, "kept": keep, "oof_weighted_r2_without": without, "oof_weighted_r2_with": with_,
+                        "gain": with_ - without, "fold_gains": fold_gains.tolist(), "gain_se": se})  # fmt: skip
+        if keep:
+            kept, base = [*kept, name], cand
+    return kept, records, base
+
+
+def _honest(raw, y, state, folds) -> tuple[np.ndarray, list[dict]]:
+    """Outer CV of the whole fit -> (predictions (N, 5), [{"fold", "kept"}, ...]): for each fold k the selection
+    and the parameters come from the other folds only (the selection's nested CV over those folds), and the kept
+    chain post-processes fold k. Fewer than 2 other folds: no step kept, the input components re-summed."""
+    out, outer = np.zeros_like(y), []
+    for k in np.unique(folds):
+        held = folds == k
+        tr = ~held
+        kept = _select(raw[tr], y[tr], state[tr], folds[tr])[0] if len(np.unique(folds[tr])) >= 2 else []
+        out[held] = _apply_chain(kept, _fit_chain(kept, raw[tr], y[tr], state[tr]), raw[held])
+        outer.append({"fold": int(k), "kept": kept})
+    return out, outer
+
+
 def _check(df: pd.DataFrame, cols: list[str], source: str, fix: str) -> None:
     missing = [c for c in cols if c not in df.columns]
     if missing:
@@ -186,11 +242,15 @@ def _check(df: pd.DataFrame, cols: list[str], source: str, fix: str) -> None:
 def fit(oof: pd.DataFrame, source: str = "OOF frame") -> dict:
     """Choose and fit the steps on an OOF frame (image_id, fold, State, true_<T>, pred_<T>) -> JSON-able params:
 
-    {"steps": [{"name", "kept", "oof_weighted_r2_without", "oof_weighted_r2_with", "params"}, ...] in STEPS
-    order, "oof_weighted_r2_before" (the input), "oof_weighted_r2_after" (nested CV of the kept chain),
-    "components", "min_gain", "n_images", "folds"}. with/without are nested-CV scores of the chain with and
-    without the step, on top of the steps kept before it; "params" are fitted on all rows, for rejected steps too
-    (what they would have been), but only kept steps are applied.
+    {"steps": [{"name", "kept", "oof_weighted_r2_without", "oof_weighted_r2_with", "gain", "fold_gains",
+    "gain_se", "params"}, ...] in STEPS order, "oof_weighted_r2_before" (the input), "oof_weighted_r2_after" (the
+    selection score: nested CV of the kept chain, optimistic because it chose the steps), "oof_weighted_r2_honest"
+    (the outer CV of the whole fit, selection included), "honest_gain" (honest - before), "outer_folds"
+    ([{"fold", "kept"}, ...]: what each outer fold's selection kept), "components", "keep_rule", "n_images",
+    "folds"}. with/without are nested-CV scores of the chain with and without the step, on top of the steps kept
+    before it; "gain" is their difference, "fold_gains" the same per fold (in "folds" order), "gain_se" their
+    standard error (the keep rule is in the module docstring). "params" are fitted on all rows, for rejected steps
+    too (what they would have been), but only kept steps are applied.
     """
     _check(oof, ["image_id", "fold", "State", *TRUE, *PRED], source,
            "pass a merged OOF file (python -m src.ensemble blend writes results/ensemble/oof.parquet)")  # fmt: skip
@@ -200,18 +260,17 @@ def fit(oof: pd.DataFrame, source: str = "OOF frame") -> dict:
                         "pass the OOF predictions of a k-fold run")  # fmt: skip
     y, state = oof[TRUE].to_numpy(np.float64), oof["State"].astype(str).to_numpy()
     raw = np.clip(oof[PRED[:3]].to_numpy(np.float64), 0, None)
-    kept, steps = [], []
-    without = weighted_r2(y, _nested(kept, raw, y, state, folds))
-    for name in STEPS:
-        with_ = weighted_r2(y, _nested([*kept, name], raw, y, state, folds))
-        keep = bool(with_ > without + MIN_GAIN)
-        steps.append({"name": name, "kept": keep, "oof_weighted_r2_without": without, "oof_weighted_r2_with": with_,
-                      "params": _fit_chain([*kept, name], raw, y, state)[-1]})  # fmt: skip
-        if keep:
-            kept, without = [*kept, name], with_
-    return {"steps": steps, "oof_weighted_r2_before": weighted_r2(y, oof[PRED].to_numpy(np.float64)),
-            "oof_weighted_r2_after": without, "components": list(COMPONENTS), "min_gain": MIN_GAIN,
-            "n_images": len(oof), "folds": sorted(int(f) for f in np.unique(folds))}  # fmt: skip
+    _, records, after = _select(raw, y, state, folds)
+    steps, before_it = [], []
+    for r in records:  # final params on all rows, each on top of the steps kept before it
+        steps.append({**r, "params": _fit_chain([*before_it, r["name"]], raw, y, state)[-1]})
+        before_it += [r["name"]] if r["kept"] else []
+    honest, outer = _honest(raw, y, state, folds)
+    before, honest_r2 = weighted_r2(y, oof[PRED].to_numpy(np.float64)), weighted_r2(y, honest)
+    return {"steps": steps, "oof_weighted_r2_before": before, "oof_weighted_r2_after": weighted_r2(y, after),
+            "oof_weighted_r2_honest": honest_r2, "honest_gain": honest_r2 - before, "outer_folds": outer,
+            "components": list(COMPONENTS), "keep_rule": KEEP_RULE, "n_images": len(oof),
+            "folds": sorted(int(f) for f in np.unique(folds))}  # fmt: skip
 
 
 def _apply_to(df: pd.DataFrame, cols: list[str], params: dict, source: str) -> pd.DataFrame:
@@ -234,11 +293,16 @@ def apply_oof(oof: pd.DataFrame, params: dict) -> pd.DataFrame:
 
 
 def table(params: dict) -> str:
-    rows = [f"{'step':<11} {'kept':<5} {'OOF wR2 without':>15} {'with':>8}"]
+    rows = [f"{'step':<11} {'kept':<5} {'OOF wR2 without':>15} {'with':>8} {'gain':>8} {'fold SE':>8}"]
     rows += [f"{s['name']:<11} {'yes' if s['kept'] else 'no':<5} {s['oof_weighted_r2_without']:>15.4f} "
-             f"{s['oof_weighted_r2_with']:>8.4f}" for s in params["steps"]]  # fmt: skip
-    rows.append(f"OOF weighted_r2 {params['oof_weighted_r2_before']:.4f} -> {params['oof_weighted_r2_after']:.4f} "
-                f"(nested CV) over {params['n_images']} images, folds {params['folds']}")  # fmt: skip
+             f"{s['oof_weighted_r2_with']:>8.4f} {s.get('gain', np.nan):>+8.4f} {s.get('gain_se', np.nan):>8.4f}"
+             for s in params["steps"]]  # fmt: skip
+    if "oof_weighted_r2_honest" in params:
+        rows.append(f"OOF weighted_r2 {params['oof_weighted_r2_before']:.4f} -> {params['oof_weighted_r2_honest']:.4f} "
+                    f"honest (outer CV: steps chosen and fitted without the fold scored; gain "
+                    f"{params['honest_gain']:+.4f})")  # fmt: skip
+    rows.append(f"selection score {params['oof_weighted_r2_after']:.4f} (nested CV that chose the steps: optimistic) "
+                f"over {params['n_images']} images, folds {params['folds']}")  # fmt: skip
     return "\n".join(rows)
 
 
