@@ -45,6 +45,21 @@ def nested_nnls(preds: np.ndarray, y: np.ndarray, folds: np.ndarray) -> np.ndarr
     return out
 
 
+def choose_blend(p_oof: np.ndarray, y: np.ndarray, folds: np.ndarray) -> tuple[str, np.ndarray, dict, np.ndarray]:
+    """The ensemble's method and model weights, chosen on these OOF rows only.
+    p_oof (M, N, 5), y (N, 5), folds (N,) -> (method, weights (M,), OOF weighted R^2 of each method, the
+    chosen method's OOF predictions (N, 5)). The plain mean against NNLS weights scored by nested CV over
+    ``folds``; the better one wins (the mean on a tie, with one model, or with under two folds to nest over)."""
+    n_models = len(p_oof)
+    candidates = {"mean": p_oof.mean(0)}
+    if len(np.unique(folds)) > 1:
+        candidates["nnls"] = nested_nnls(p_oof, y, folds)
+    scores = {k: weighted_r2(y, v) for k, v in candidates.items()}
+    method = max(scores, key=scores.get) if n_models > 1 else "mean"
+    weights = np.full(n_models, 1 / n_models) if method == "mean" else fit_nnls(p_oof, y)
+    return method, weights, scores, candidates[method]
+
+
 def _load(results: Path, models: list[str], name: str, hint: str) -> list[pd.DataFrame]:
     frames = []
     for m in models:
@@ -66,13 +81,10 @@ def blend(results: str | Path, models: list[str], data_dir: str | Path) -> dict:
     y = oofs[0][TRUE].to_numpy()
     p_oof = np.stack([f[PRED].to_numpy() for f in oofs])
     folds = oofs[0]["fold"].to_numpy()
-    candidates = {"mean": p_oof.mean(0), "nnls": nested_nnls(p_oof, y, folds)}
-    scores = {k: weighted_r2(y, v) for k, v in candidates.items()}
-    method = max(scores, key=scores.get) if len(models) > 1 else "mean"
-    weights = np.full(len(models), 1 / len(models)) if method == "mean" else fit_nnls(p_oof, y)
+    method, weights, scores, chosen = choose_blend(p_oof, y, folds)
 
     oof = oofs[0][["image_id", "fold", "State", *TRUE]].copy()
-    oof[PRED] = candidates[method]
+    oof[PRED] = chosen
     metrics = {**score(oof), "method": method}
     test = tests[0][["image_id"]].copy()
     test[list(TARGETS)] = np.tensordot(weights, np.stack([f[list(TARGETS)].to_numpy() for f in tests]), axes=1)
@@ -85,7 +97,8 @@ def blend(results: str | Path, models: list[str], data_dir: str | Path) -> dict:
     write_parquet(out / "test_pred.parquet", test)
     write_csv(out / "submission.csv", sub)
     best = max(models, key=lambda m: weighted_r2(y, p_oof[models.index(m)]))
-    print(f"ensemble of {len(models)}: {method} (OOF weighted_r2 mean {scores['mean']:.4f}, nnls {scores['nnls']:.4f}); "
+    nnls_r2 = scores.get("nnls", float("nan"))  # no NNLS score with under two folds
+    print(f"ensemble of {len(models)}: {method} (OOF weighted_r2 mean {scores['mean']:.4f}, nnls {nnls_r2:.4f}); "
           f"best single {best} {weighted_r2(y, p_oof[models.index(best)]):.4f}")
     solution = Path(data_dir) / "test_solution.csv"
     if solution.exists():

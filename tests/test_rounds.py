@@ -114,6 +114,10 @@ def test_fold_k_is_labelled_by_fold_k_models_only_and_the_agreeing_images_are_ke
     _fold_preds(tmp_path / "models/a/test_pred_folds.parquet", lambda k, j, t: 10.0 * (k + 1), ids, range(3))
     _fold_preds(tmp_path / "models/b/test_pred_folds.parquet", lambda k, j, t: 10.0 * (k + 1) * (1 if j < 5 else 3),
                 ids, range(3))  # fmt: skip
+    oof = pd.DataFrame({"image_id": [f"ID{i}" for i in range(30)], "fold": np.arange(30) % 3, "State": "NSW"})
+    oof[TRUE] = oof[PRED] = np.random.default_rng(0).uniform(0, 50, (30, 5))  # both exact: a tie, the mean wins
+    for m in ("a", "b"):
+        oof.to_parquet(tmp_path / f"models/{m}/oof.parquet")
     make(tmp_path, ["a", "b"], demo_data, 3, keep_fraction=0.5)
     for k in range(3):
         labels = pd.read_csv(tmp_path / f"round2/pseudo/fold{k}.csv")
