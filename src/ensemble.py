@@ -102,11 +102,15 @@ def blend(results: str | Path, models: list[str], data_dir: str | Path) -> dict:
           f"best single {best} {weighted_r2(y, p_oof[models.index(best)]):.4f}")
     solution = Path(data_dir) / "test_solution.csv"
     if solution.exists():
+        from src.score import holdout_scores
         from src.score import score as score_submission
 
         holdout = score_submission(out / "submission.csv", solution)
+        # Each model's own (the mean of its folds), so the report can set it beside the model's OOF scores.
+        holdout["models"] = {m: holdout_scores(f, solution) for m, f in zip(models, tests)}
         write_json(out / "holdout.json", holdout)
-        print(f"holdout weighted_r2 (demo's hidden test truth): {holdout['weighted_r2']:.4f}")
+        print(f"holdout weighted_r2 (demo's hidden test truth): {holdout['weighted_r2']:.4f}; "
+              + ", ".join(f"{m} {s['weighted_r2']:.4f}" for m, s in holdout["models"].items()))
     print(f"wrote {out / 'submission.csv'}")
     return metrics
 

@@ -36,8 +36,9 @@ HOLDOUT = "holdout (ensemble)"
 METRIC_COLUMNS = ["weighted_r2", "weighted_r2_selected", "weighted_r2_last", "weighted_r2_log",
                   *[f"r2_{SHORT[t]}" for t in TARGETS]]  # fmt: skip
 HEADERS = {"weighted_r2": "weighted_r2 (unbiased)", "weighted_r2_selected": "selected (optimistic)",
-           "weighted_r2_last": "last epoch"}  # fmt: skip
-TABLE_COLUMNS = ["model", *METRIC_COLUMNS, "score", "folds", "best"]
+           "weighted_r2_last": "last epoch", "holdout": "holdout (test truth)"}  # fmt: skip
+# holdout: the model's test predictions (the mean of its folds) on the demo's hidden truth, which chose nothing.
+TABLE_COLUMNS = ["model", *METRIC_COLUMNS, "holdout", "score", "folds", "best"]
 SCORE_NOTE = ("weighted_r2 (unbiased): each fold scored at the epoch chosen on the OTHER folds' validation images "
               "(models ranked by it); selected (optimistic): each fold at its own best epoch, chosen on the images "
               "that score it; last epoch: each fold's last. Per-target and log columns are of the unbiased OOF.")
@@ -164,6 +165,9 @@ def model_table(
     results = Path(results)
     rows = []
     side = _side_scores(results, oofs)
+    holdout = read_json(results / "ensemble" / "holdout.json")
+    held = {**{m: _float(v.get("weighted_r2")) for m, v in ((holdout or {}).get("models") or {}).items()},
+            **({ENSEMBLE: _float(holdout.get("weighted_r2"))} if holdout else {})}  # fmt: skip
     for name, oof in [*oofs.items(), *([(ENSEMBLE, ensemble)] if ensemble is not None else [])]:
         s = oof_scores(oof)
         meta = read_json(results / ("ensemble" if name == ENSEMBLE else f"models/{name}") / "oof_metrics.json") or {}
@@ -173,7 +177,7 @@ def model_table(
         s["weighted_r2_last"] = extra.get("last", math.nan)
         if kind == "selected":
             s["weighted_r2"] = math.nan  # no unbiased score: what the file holds is the optimistic one
-        rows.append({"model": name, **{k: s[k] for k in METRIC_COLUMNS}, "score": kind,
+        rows.append({"model": name, **{k: s[k] for k in METRIC_COLUMNS}, "holdout": held.get(name, math.nan), "score": kind,
                      "folds": _fmt_folds(s["folds"], meta.get("complete"))})  # fmt: skip
     table = pd.DataFrame(rows, columns=TABLE_COLUMNS[:-1])
     score = table["weighted_r2"].astype(float).fillna(-math.inf)
@@ -181,10 +185,9 @@ def model_table(
     table["best"] = False
     if len(table):
         table.loc[0, "best"] = True
-    holdout = read_json(results / "ensemble" / "holdout.json")
     if holdout is not None:
-        row = {"model": HOLDOUT, **{k: _float(holdout.get(k)) for k in METRIC_COLUMNS}, "score": "holdout", "folds": "",
-               "best": False}  # fmt: skip
+        row = {"model": HOLDOUT, **{k: _float(holdout.get(k)) for k in METRIC_COLUMNS}, "holdout": math.nan,
+               "score": "holdout", "folds": "", "best": False}  # fmt: skip
         table = pd.concat([table, pd.DataFrame([row], columns=TABLE_COLUMNS)], ignore_index=True)
     return table[TABLE_COLUMNS]
 
@@ -204,14 +207,15 @@ def _float(v) -> float:
 
 def table_markdown(table: pd.DataFrame, notes: list[str] | None = None) -> str:
     """A GitHub-flavoured markdown table (no tabulate), numbers to 4 decimals, the best marked ★."""
-    header = ["best", "model", *[HEADERS.get(k, k) for k in METRIC_COLUMNS], "score", "folds"]
+    shown = [*METRIC_COLUMNS, "holdout"]
+    header = ["best", "model", *[HEADERS.get(k, k) for k in shown], "score", "folds"]
     lines = [
         "| " + " | ".join(header) + " |",
-        "|" + "|".join([":-:", ":--", *["--:"] * len(METRIC_COLUMNS), ":--", ":--"]) + "|",
+        "|" + "|".join([":-:", ":--", *["--:"] * len(shown), ":--", ":--"]) + "|",
     ]
     for _, row in table.iterrows():
         cells = ["★" if bool(row["best"]) else "", f"**{row['model']}**" if bool(row["best"]) else str(row["model"])]
-        cells += ["–" if not np.isfinite(_float(row[k])) else f"{float(row[k]):.4f}" for k in METRIC_COLUMNS]
+        cells += ["–" if not np.isfinite(_float(row[k])) else f"{float(row[k]):.4f}" for k in shown]
         cells.append(str(row["score"]) if isinstance(row["score"], str) else "")
         cells.append(str(row["folds"]) if isinstance(row["folds"], str) else "")
         lines.append("| " + " | ".join(cells) + " |")
@@ -228,13 +232,13 @@ def table_html(table: pd.DataFrame, notes: list[str] | None = None) -> str:
     for _, row in table.iterrows():
         best = bool(row["best"])
         cells = ["★" if best else "", html.escape(str(row["model"]))]
-        cells += ["–" if not np.isfinite(_float(row[k])) else f"{float(row[k]):.4f}" for k in METRIC_COLUMNS]
+        cells += ["–" if not np.isfinite(_float(row[k])) else f"{float(row[k]):.4f}" for k in [*METRIC_COLUMNS, "holdout"]]
         cells.append(html.escape(str(row["score"])) if isinstance(row["score"], str) else "")
         cells.append(html.escape(str(row["folds"])) if isinstance(row["folds"], str) else "")
         style = ' style="font-weight:bold;background:#e8f5e9"' if best else ""
         rows.append(f"<tr{style}>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
-    head = "".join(f"<th>{h}</th>" for h in ["best", "model", *[HEADERS.get(k, k) for k in METRIC_COLUMNS], "score",
-                                                 "folds"])  # fmt: skip
+    head = "".join(f"<th>{h}</th>" for h in ["best", "model", *[HEADERS.get(k, k) for k in METRIC_COLUMNS], "holdout",
+                                                 "score", "folds"])  # fmt: skip
     items = "".join(f"<li>{html.escape(n.replace(chr(96), ''))}</li>" for n in notes or [])  # no markdown here
     return ("<!DOCTYPE html><html><head><meta charset='utf-8'><title>Models</title><style>"
             "body{font-family:sans-serif;margin:1.5em}table{border-collapse:collapse}"
@@ -266,7 +270,10 @@ def steps_rows(results: str | Path) -> list[list[str]] | None:
             rows.append([st["step"], "", f(st["oof_weighted_r2"]), "", f(st.get("holdout_weighted_r2")), ""])
             continue
         oof = f"{f(st['oof_without'])} → {f(st['oof_with'])}"
-        if "oof_nested_with" in st:
+        if st.get("oof_honest_with") is not None:  # post-processing: data that chose no step scores it
+            oof += f" (honest, outer CV: {f(st['oof_nested_without'])} → {f(st['oof_honest_with'])}; " \
+                   f"the selection's own score {f(st['oof_nested_with'])})"
+        elif "oof_nested_with" in st:
             oof += f" (nested CV {f(st['oof_nested_without'])} → {f(st['oof_nested_with'])})"
         rows.append([st["step"], "yes" if st["used"] else "no", oof, "",
                      f"{f(st['holdout_without'])} → {f(st['holdout_with'])}", ""])  # fmt: skip
@@ -274,9 +281,11 @@ def steps_rows(results: str | Path) -> list[list[str]] | None:
 
 
 STEPS_HEADER = ["step", "kept", "OOF weighted R² (without → with)", "holdout weighted R² (without → with)"]
-STEPS_NOTE = ("After round 1, each step in order, scored without and with it. A step is kept when OOF says so "
-              "(post-processing: nested CV over the folds); the holdout is the demo's hidden test truth, which "
-              "chose nothing. A refit has no held-out images, so no OOF score.")
+STEPS_NOTE = ("After round 1, each step in order, scored without and with it. A step is kept when OOF says so: "
+              "the pseudo-label round when its nested OOF beats round 1's; post-processing steps by nested CV, their "
+              "honest score from an outer CV around the whole selection; refits on the per-fold refit checks "
+              "(final/refit_evidence.json) when the config asks for evidence. The holdout is the demo's hidden test "
+              "truth, which chose nothing. A refit has no held-out images, so no OOF score.")
 
 
 def steps_markdown(rows: list[list[str]]) -> str:

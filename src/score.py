@@ -37,6 +37,16 @@ def score(submission_path, solution_path) -> dict[str, float]:
     return summary(y.to_numpy(), p.to_numpy())
 
 
+def holdout_scores(pred: pd.DataFrame, solution_path) -> dict[str, float]:
+    """Scores of a prediction frame (image_id + the five targets) on a solution file (the demo's hidden truth)."""
+    y = long_to_wide(read_csv(solution_path, ("sample_id", "target"), "the solution file holds the true values"),
+                     solution_path)  # fmt: skip
+    missing = sorted(set(y.index) - set(pred["image_id"]))
+    if missing:
+        raise UserError(f"{len(missing)} image(s) of {solution_path} have no prediction, e.g. {missing[0]}")
+    return summary(y.to_numpy(), pred.set_index("image_id").loc[y.index, list(TARGETS)].to_numpy(np.float64))
+
+
 @cli_main
 def main(argv=None) -> None:
     ap = Parser(prog="python -m src.score", description=__doc__)

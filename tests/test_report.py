@@ -92,7 +92,7 @@ def build_results(root: Path, seed: int = 0) -> Path:
     )
     (e / "weights.json").write_text(json.dumps({"method": "mean", "weights": {"good": 0.5, "bad": 0.5},
                                                 "oof_weighted_r2": {"mean": 0.8, "nnls": 0.79}}))  # fmt: skip
-    (e / "holdout.json").write_text(json.dumps(HOLDOUT))
+    (e / "holdout.json").write_text(json.dumps({**HOLDOUT, "models": {"good": {"weighted_r2": 0.70}, "bad": {"weighted_r2": 0.2}}}))
     return root
 
 
@@ -162,8 +162,8 @@ def test_table_sorted_with_right_winner_and_values_from_oof(cli_run, results):
     _, out = cli_run
     table = pd.read_csv(out / "model_table.csv")
     assert list(table.columns) == ["model", "weighted_r2", "weighted_r2_selected", "weighted_r2_last", "weighted_r2_log",
-                                   "r2_green", "r2_dead", "r2_clover", "r2_gdm", "r2_total", "score", "folds",
-                                   "best"]  # fmt: skip
+                                   "r2_green", "r2_dead", "r2_clover", "r2_gdm", "r2_total", "holdout", "score",
+                                   "folds", "best"]  # fmt: skip
     oof_rows = table[table["model"] != "holdout (ensemble)"]
     expected = {m: expected_scores(results, m) for m in [*MODELS, "ensemble"]}
     assert list(oof_rows["model"]) == sorted(expected, key=lambda m: -expected[m]["weighted_r2"])
@@ -182,6 +182,7 @@ def test_table_sorted_with_right_winner_and_values_from_oof(cli_run, results):
         assert rows.loc[m, "weighted_r2_selected"] == pytest.approx(metrics.weighted_r2(sel[TRUE].to_numpy(), sel[PRED].to_numpy()))
     assert rows.loc["bad", "weighted_r2_selected"] > rows.loc["good", "weighted_r2_selected"] > rows.loc["good", "weighted_r2"]
     assert rows["score"].tolist() == ["crossfold_epoch", "blend", "crossfold_epoch"]
+    assert rows["holdout"].tolist() == [0.70, HOLDOUT["weighted_r2"], 0.2]  # each model's test predictions
     hold = table.iloc[-1]
     assert hold["model"] == "holdout (ensemble)"
     for k, v in HOLDOUT.items():
