@@ -179,7 +179,9 @@ class TrainConfig:
     refit_from: str = opt("", "full-data refit: train on every image of the fold CSV, without validation, for the "
                           "epoch counts the folds of this CV run's --output-dir chose (median over fold<k>/metrics.json "
                           "of each stage's epochs up to the best one); the last epoch's weights go to "
-                          "<output-dir>/full/", "rounds")
+                          "<output-dir>/full/. With --folds K: the refit check of fold K (its training images, the "
+                          "other folds' epochs, scored on its validation images: <output-dir>/fold<K>/oof.parquet)",
+                          "rounds")
 
     # --- cross-validation ----------------------------------------------------------------------
     use_predefined_folds: bool = opt(True, "read folds from --fold-csv", "cv", no_flag="--no-predefined-folds")

@@ -39,6 +39,7 @@ CROSSFOLD = "crossfold_epoch"  # oof_metrics.json "score": how the unbiased OOF 
 KINDS = {
     CROSSFOLD: "each fold at the epoch chosen on the other folds' validation images (unbiased)",
     "swa_last": "each fold's mean of its last K epochs' weights, chosen on nothing (unbiased)",
+    "unselected": "each fold's last epoch of a fixed schedule, chosen on nothing (unbiased: the refit checks)",
     "selected": "each fold's best epoch on its own validation images (optimistic: the epoch was chosen on them)",
 }
 
@@ -96,8 +97,9 @@ def honest_oof(model_dir: Path, folds: list[int], selected: dict[int, pd.DataFra
     """The unbiased OOF frame, its kind (``KINDS``) and each fold's chosen epoch; None when the folds
     cannot give one (a single fold, no per-epoch predictions, or SWA's best K)."""
     how = {k: _selection(model_dir / f"fold{k}") for k in folds}
-    if all(h == "swa_last" for h in how.values()):
-        return pd.concat([selected[k] for k in folds], ignore_index=True), "swa_last", {}
+    for saved, kind in (("swa_last", "swa_last"), ("none", "unselected")):  # nothing chose the saved weights
+        if all(h == saved for h in how.values()):
+            return pd.concat([selected[k] for k in folds], ignore_index=True), kind, {}
     paths = {k: model_dir / f"fold{k}" / EPOCH_PREDS for k in folds}
     if len(folds) < 2 or any(h != "best_epoch" for h in how.values()) or not all(p.exists() for p in paths.values()):
         return None, "selected", {}

@@ -8,10 +8,19 @@ the last epoch's weights (the EMA's with --ema) are saved as ``<output_dir>/full
 with ``config.yaml`` (holding the chosen epoch counts), ``history.csv`` and ``metrics.json``.
 With --pseudo-labels (a path without '{fold}': the pipeline's ``round2/pseudo/all.csv``) those
 images train too, as in round 2's folds.
+
+The refit check (--refit-from CV_DIR --folds k): the evidence for or against a refit. The same
+procedure runs on fold k's training images only (the fold CSV's other folds), for the median epochs
+of the OTHER folds' histories (fold k's own curve, drawn on the images it is scored on, never
+enters), with no selection and a seed no CV fold or refit uses; its last weights then predict fold
+k's validation images. Files under ``<output_dir>/fold<k>/``: ``oof.parquet`` (the columns of a CV
+fold's), ``history.csv`` and ``metrics.json`` (its scores, the epochs it ran); no weights. Merged
+over the folds, its OOF says whether a refit beats the fold models (``src.final``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from pathlib import Path
 
@@ -22,20 +31,24 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader, DistributedSampler
 
 from src.config import TrainConfig
-from src.data.dataset import EpochIndices
-from src.data.fold_stats import fold_statistics, vocabularies
+from src.data.dataset import BiomassDataset, EpochIndices
+from src.data.fold_stats import aux_targets, fold_statistics, vocabularies
 from src.data.mixup import Mixup
+from src.data.photo_prep import PhotoPrep
+from src.data.transforms import HalfTransform
 from src.errors import UserError
-from src.io_utils import write_csv, write_json
+from src.io_utils import write_csv, write_json, write_parquet
 from src.losses import build_criterion
+from src.metrics import summary
 from src.models.biomass import BiomassModel
+from src.targets import TARGETS
 from src.training import checkpoint as ckpt
 from src.training import fold_files
 from src.training.averaging import make_ema
 from src.training.distributed import DistInfo, barrier
-from src.training.engine import train_one_epoch
+from src.training.engine import evaluate, train_one_epoch
 from src.training.feature_cache import CachedBatches, FeatureCache
-from src.training.fit import Stage, _train_dataset
+from src.training.fit import Stage, _rows, _train_dataset, oof_frame
 from src.training.optim import build_optimizer, build_scheduler
 
 FOLDER = "full"
@@ -53,13 +66,15 @@ def _fold_epochs(history: pd.DataFrame, two_stage: bool) -> tuple[int, int]:
     return s1_best, best - len(s1) + 1
 
 
-def chosen_epochs(cv_dir: str | Path, cfg: TrainConfig) -> tuple[dict, list]:
-    """The refit's epoch settings (the median over the CV folds) and each fold's counts."""
+def chosen_epochs(cv_dir: str | Path, cfg: TrainConfig, exclude: int | None = None) -> tuple[dict, list]:
+    """The refit's epoch settings (the median over the CV folds) and each fold's counts;
+    ``exclude``: a fold left out (the refit check of fold k: its epochs come from the other folds)."""
     files = sorted(Path(cv_dir).glob("fold*/history.csv"))
-    done = [f for f in files if (f.parent / "metrics.json").exists()]
+    done = [f for f in files if (f.parent / "metrics.json").exists() and f.parent.name != f"fold{exclude}"]
     if not done:
-        raise UserError(f"--refit-from {cv_dir}: no finished fold (fold<k>/metrics.json and history.csv); train the "
-                        "CV folds first, with the same --output-dir")  # fmt: skip
+        other = "" if exclude is None else f" other than fold {exclude}"
+        raise UserError(f"--refit-from {cv_dir}: no finished fold{other} (fold<k>/metrics.json and history.csv); train "
+                        "the CV folds first, with the same --output-dir")  # fmt: skip
     per = [_fold_epochs(pd.read_csv(f), cfg.two_stage) for f in done]
     e1, e2 = (int(np.round(np.median([p[i] for p in per]))) for i in (0, 1))
     if not cfg.two_stage:
@@ -71,20 +86,69 @@ def chosen_epochs(cv_dir: str | Path, cfg: TrainConfig) -> tuple[dict, list]:
 
 def refit(cfg: TrainConfig, info: DistInfo, images: pd.DataFrame, per_rank_batch: int, inputs: dict,
           depth: np.ndarray | None = None, halves: tuple | None = None) -> dict:
-    plan, per_fold = chosen_epochs(cfg.refit_from, cfg)
+    """The full-data refit; with --folds, the refit check of each of those folds instead."""
+    if not cfg.folds:
+        return _refit(cfg, info, images, per_rank_batch, inputs, depth, halves)
+    from src.training.run import resolve_folds  # run imports this module when it is called: no cycle
+
+    if Path(cfg.output_dir).resolve() == Path(cfg.refit_from).resolve():
+        raise UserError(f"--refit-from {cfg.refit_from} --folds {cfg.folds}: the refit check would overwrite the CV "
+                        "folds it reads; give it another --output-dir")  # fmt: skip
+    folds = resolve_folds(cfg, images)
+    out = {}
+    for k in cfg.folds:
+        with fold_files.fold_lock(cfg.output_dir, k) if info.is_main else contextlib.nullcontext():
+            if info.is_main:
+                fold_files.remove_stale_temporaries(Path(cfg.output_dir) / f"fold{k}")
+            out[k] = _refit(cfg, info, images, per_rank_batch, inputs, depth, halves, check=k,
+                            is_val=(folds == k).to_numpy())  # fmt: skip
+    return out
+
+
+def _validation(cfg: TrainConfig, val: pd.DataFrame, stats: dict, extras: dict, depth: np.ndarray | None,
+                halves: tuple | None, per_rank_batch: int, info: DistInfo) -> DataLoader:
+    """Fold k's validation images, loaded as a CV fold validates them (fit.train_fold)."""
+    tf = dict(size=cfg.image_size, border_mask=cfg.use_border_mask, pad_to_square=cfg.use_pad_to_square)
+    ds = BiomassDataset(val, cfg.data_dir, HalfTransform(train=False, **tf), depth=depth,
+                        aux=aux_targets(val, stats, extras), halves=halves, prep=PhotoPrep.of(cfg))  # fmt: skip
+    return DataLoader(ds, batch_size=per_rank_batch, shuffle=False, num_workers=cfg.num_workers,
+                      persistent_workers=cfg.num_workers > 0, pin_memory=info.device.type == "cuda")  # fmt: skip
+
+
+def _refit(cfg: TrainConfig, info: DistInfo, images: pd.DataFrame, per_rank_batch: int, inputs: dict,
+           depth: np.ndarray | None = None, halves: tuple | None = None, check: int | None = None,
+           is_val: np.ndarray | None = None) -> dict:
+    """One refit: on every image (``check`` None), or the check of fold ``check`` (``is_val``: its
+    validation rows), which trains on the other folds' images and scores its last weights on them."""
+    plan, per_fold = chosen_epochs(cfg.refit_from, cfg, exclude=check)
     cfg = dataclasses.replace(cfg, **plan)
-    out_dir = Path(cfg.output_dir) / FOLDER
+    slot = cfg.n_folds if check is None else cfg.n_folds + 1 + check  # seed + slot: a seed no CV fold uses
+    if check is None:
+        out_dir = Path(cfg.output_dir) / FOLDER
+        what = f"refit on all {len(images)} images: {plan} (the median of the folds' {per_fold})"
+    else:
+        # Fold k's own pseudo-labels ('{fold}'), made without its validation images, as round 2's fold k.
+        cfg = dataclasses.replace(cfg, pseudo_labels=cfg.pseudo_labels.replace("{fold}", str(check)))
+        out_dir = Path(cfg.output_dir) / f"fold{check}"
+        val = images[is_val].reset_index(drop=True)
+        if val.empty:
+            raise UserError(f"fold {check} has no validation images in the fold CSV; check --fold-csv and --folds")
+        val_depth, val_halves = None if depth is None else depth[is_val], _rows(halves, is_val)
+        images, halves = images[~is_val].reset_index(drop=True), _rows(halves, ~is_val)
+        depth = None if depth is None else depth[~is_val]
+        what = (f"refit check of fold {check}: {len(images)} training images, {plan} (the median of the other folds' "
+                f"{per_fold}), scored on its {len(val)} validation images")  # fmt: skip
     if info.is_main:
         fold_files.start_over(out_dir)
-        print(f"refit on all {len(images)} images: {plan} (the median of the folds' {per_fold})", flush=True)
+        print(what, flush=True)
     barrier(info)
-    seed = cfg.seed + cfg.n_folds  # a seed no CV fold uses
+    seed = cfg.seed + slot
     extras = vocabularies(images)
     stats = fold_statistics(images, extras)
     torch.manual_seed(seed)
     model = BiomassModel(cfg, stats, extras).to(info.device)
     criterion = build_criterion(cfg, stats).to(info.device)
-    train_ds, _ = _train_dataset(cfg, images, stats, extras, cfg.n_folds, inputs, depth, halves)  # seed + n_folds
+    train_ds, _ = _train_dataset(cfg, images, stats, extras, slot, inputs, depth, halves)  # seed + slot
     sampler = DistributedSampler(train_ds, num_replicas=info.world_size, rank=info.rank, shuffle=True, seed=seed,
                                  drop_last=True)  # fmt: skip
     loader = DataLoader(train_ds, batch_size=per_rank_batch, sampler=EpochIndices(sampler, len(train_ds)),
@@ -98,7 +162,8 @@ def refit(cfg: TrainConfig, info: DistInfo, images: pd.DataFrame, per_rank_batch
     else:
         stages = [Stage("single", cfg.epochs, not cfg.freeze_backbone)]
     history, epoch, judged = [], 0, model
-    for stage in stages:
+    last = max(i for i, s in enumerate(stages) if s.epochs > 0) if any(s.epochs > 0 for s in stages) else -1
+    for si, stage in enumerate(stages):
         if stage.epochs <= 0:
             continue
         model.freeze_backbone(not stage.train_backbone)
@@ -112,7 +177,7 @@ def refit(cfg: TrainConfig, info: DistInfo, images: pd.DataFrame, per_rank_batch
         optimizer = build_optimizer(model, cfg, stage.train_backbone)
         scheduler = build_scheduler(optimizer, cfg, stage.epochs, steps)
         scheduler.step_update(0)
-        ema, updates = make_ema(model, cfg), 0
+        ema, updates = make_ema(model, cfg, si == last), 0  # --ema-stages as in the CV folds
         for e in range(stage.epochs):
             loader.sampler.set_epoch(epoch)
             if isinstance(batches, CachedBatches):
@@ -131,10 +196,23 @@ def refit(cfg: TrainConfig, info: DistInfo, images: pd.DataFrame, per_rank_batch
     result = {**plan, "epochs_run": epoch, "folds_epochs": [list(p) for p in per_fold], "n_images": len(images),
               "n_pseudo": len(train_ds) - len(images),
               "train_loss": history[-1]["train_loss"] if history else None}  # fmt: skip
+    if check is not None:  # the last weights, on images they never saw and nothing was chosen on
+        val_loader = _validation(cfg, val, stats, extras, val_depth, val_halves, per_rank_batch, info)
+        val_out, val_loss = evaluate(judged, val_loader, criterion, info.device)
+        scores = summary(val[list(TARGETS)].to_numpy(), val_out["pred"], val["State"].to_numpy())
+        result = {**scores, "fold": check, "selection": "none", **result, "n_val": len(val),
+                  "val_loss": val_loss.get("loss"), "seed": seed}  # fmt: skip
     if info.is_main:
-        ckpt.save_weights(judged, out_dir / "best.safetensors", cfg, extras)
+        if check is None:
+            ckpt.save_weights(judged, out_dir / "best.safetensors", cfg, extras)
+        else:
+            write_parquet(out_dir / "oof.parquet", oof_frame(val, check, val_out))
         write_csv(out_dir / "history.csv", pd.DataFrame(history))
         write_json(out_dir / "metrics.json", result)
-        print(f"refit: saved {out_dir / 'best.safetensors'} after {epoch} epochs", flush=True)
+        if check is None:
+            print(f"refit: saved {out_dir / 'best.safetensors'} after {epoch} epochs", flush=True)
+        else:
+            print(f"refit check of fold {check}: weighted_r2 {result['weighted_r2']:.4f} after {epoch} epochs "
+                  f"-> {out_dir / 'oof.parquet'}", flush=True)  # fmt: skip
     barrier(info)
     return result

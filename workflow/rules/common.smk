@@ -33,6 +33,8 @@ TARGET_NAMES = list(SHORT.values())  # short target names: green, dead, clover, 
 TINY_DEPTH = f"{RESULTS}/depth/tiny-da2"
 PSEUDO = config["pseudo"]["enabled"]  # the pseudo-label round (rules/rounds.smk)
 REFIT = config["refit"]["use"]  # full-data refits for the test predictions
+# ... only for the models whose refit check (per fold, scored on its validation images) beats their fold models
+REFIT_EVIDENCE = REFIT and config["refit"]["evidence"]
 ROUND2 = f"{RESULTS}/round2"
 
 
@@ -43,7 +45,7 @@ wildcard_constraints:
     # a cache folder: size, then how its photos were prepared (src.data.photo_prep.PhotoPrep.tag)
     res=r"\d+(_pad)?(_nostamp)?(_crop[0-9.]+)?",
     size=r"(small|base)(_nostamp)?(_crop[0-9.]+)?",
-    step="round2|refit",
+    step="round2|refit|refit_check",
 
 
 def _fail(msg):
@@ -159,6 +161,13 @@ def final_members():
     return sorted(set(pred))
 
 
+def refit_evidence_files():
+    """What src.final decides refits on (refit.evidence): each model's refit-check OOF and its fold models' OOF."""
+    if not REFIT_EVIDENCE:
+        return []
+    return [f"{RESULTS}/{kind}/{m}/oof.parquet" for m in MODELS for kind in ("refit_check", "models")]
+
+
 def blend_oof():
     """The OOF predictions the submission blends: round 1's ensemble, or its blend with round 2."""
     return f"{RESULTS}/round2/blend/oof.parquet" if PSEUDO else f"{RESULTS}/ensemble/oof.parquet"
@@ -170,4 +179,5 @@ def all_targets():
     out += [f"{RESULTS}/submission.csv", f"{RESULTS}/kaggle"]
     out += [] if PSEUDO else [f"{RESULTS}/round2/OFF.txt"]
     out += [] if REFIT else [f"{RESULTS}/refit/OFF.txt"]
+    out += [] if REFIT_EVIDENCE else [f"{RESULTS}/refit_check/OFF.txt"]
     return out

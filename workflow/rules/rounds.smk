@@ -33,8 +33,10 @@ rule predict_folds:
 
 rule pseudo_labels:
     input:
-        weights=f"{RESULTS}/ensemble/weights.json",
+        weights=f"{RESULTS}/ensemble/weights.json",  # the refits' labels: the full-data choice
         folds=expand(f"{RESULTS}/models/{{model}}/test_pred_folds.parquet", model=MODELS),
+        # fold k's labels: the ensemble's method and weights chosen again on the other folds' OOF rows
+        oof=expand(f"{RESULTS}/models/{{model}}/oof.parquet", model=MODELS),
         test=f"{DATA}/test.csv",
     output:
         expand(f"{ROUND2}/pseudo/fold{{k}}.csv", k=range(N_FOLDS)),
@@ -167,6 +169,50 @@ rule refit:
         "> {log:q} 2>&1"
 
 
+rule refit_check:
+    # The evidence for a refit: the refit procedure on fold k's training images only, for the epochs
+    # the OTHER folds chose, no selection; its last weights predict fold k's validation images.
+    input:
+        folds=FOLD_CSV,
+        model_cfg=lambda wc: model_yaml(wc.model),
+        depth=lambda wc: depth_caches(wc.model, "train"),
+        images=lambda wc: image_cache(wc.model),
+        cv=lambda wc: [fold_done(wc.model, k) for k in FOLDS if k != int(wc.fold)],  # their history.csv sets the epochs
+    output:
+        f"{RESULTS}/refit_check/{{model}}/fold{{fold}}/metrics.json",
+    log:
+        f"{RESULTS}/logs/refit_check/{{model}}_fold{{fold}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/refit_check/{{model}}_fold{{fold}}.tsv"
+    conda:
+        "../envs/pipeline.yaml"
+    threads: config["train"]["threads"]
+    resources:
+        gpu=config["train"]["gpus"],
+    params:
+        data=lambda wc: DATA,
+        launcher=lambda wc, resources: launcher(resources.gpu),
+        flags=trainer_flags(),
+        cv=lambda wc: f"{RESULTS}/models/{wc.model}",
+        out=lambda wc, output: os.path.dirname(os.path.dirname(output[0])),
+    shell:
+        "OMP_NUM_THREADS={threads} {params.launcher} -m src.dinov3_train --config {input.model_cfg:q} {params.flags:q} "
+        "--data-dir {params.data:q} --fold-csv {input.folds:q} --refit-from {params.cv:q} --folds {wildcards.fold} "
+        "--output-dir {params.out:q} > {log:q} 2>&1"
+
+
+use rule merge_oof as merge_oof_refit_check with:
+    input:
+        lambda wc: [f"{RESULTS}/refit_check/{wc.model}/fold{k}/metrics.json" for k in FOLDS],
+    output:
+        oof=f"{RESULTS}/refit_check/{{model}}/oof.parquet",
+        metrics=f"{RESULTS}/refit_check/{{model}}/oof_metrics.json",
+    log:
+        f"{RESULTS}/logs/merge_oof_refit_check/{{model}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/merge_oof_refit_check/{{model}}.tsv"
+
+
 use rule predict as predict_refit with:
     input:
         folds=f"{RESULTS}/refit/{{model}}/full/metrics.json",
@@ -226,6 +272,10 @@ rule step_off:
     conda:
         "../envs/pipeline.yaml"
     params:
-        how=lambda wc: {"round2": "pseudo: {enabled: true}", "refit": "refit: {use: true}"}[wc.step],
+        how=lambda wc: {
+            "round2": "pseudo: {enabled: true}",
+            "refit": "refit: {use: true}",
+            "refit_check": "refit: {use: true, evidence: true}",
+        }[wc.step],
     shell:
         "echo 'off in this run; to run it, set {params.how} in the config' > {output:q} 2> {log:q}"
