@@ -138,15 +138,10 @@ def refit_evidence(results: str | Path, models: list[str]) -> dict[str, dict]:
 
 def _holdout(frame: pd.DataFrame, data_dir: Path) -> float | None:
     """Weighted R^2 on the demo's hidden test truth (None on real data, which has none)."""
-    path = data_dir / "test_solution.csv"
-    if not path.exists():
-        return None
-    from src.data.schema import read_csv
-    from src.score import long_to_wide
+    from src.score import holdout_scores
 
-    y = long_to_wide(read_csv(path, ("sample_id", "target"), "the solution file holds the true values"), path)
-    p = frame.set_index("image_id").loc[y.index, list(TARGETS)]
-    return weighted_r2(y.to_numpy(), p.to_numpy())
+    path = data_dir / "test_solution.csv"
+    return holdout_scores(frame, path)["weighted_r2"] if path.exists() else None
 
 
 def build(results: str | Path, data_dir: str | Path, round2: bool = False, refit: bool = False,
