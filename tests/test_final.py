@@ -27,6 +27,13 @@ def _preds(ids, rng, scale):
     return df
 
 
+def write_members(res, ids, rng):
+    """Test predictions of models a and b: their folds' mean and refits, in both rounds."""
+    for i, folder in enumerate(["models/a", "models/b", "refit/a", "refit/b", "round2/models/a", "round2/models/b",
+                                "round2/refit/a", "round2/refit/b"]):  # fmt: skip
+        _write(res / folder / "test_pred.parquet", _preds(ids, rng, 1 + i / 10))
+
+
 @pytest.fixture
 def results(demo_data, tmp_path):
     """Round 1 (two models, weights 0.25/0.75), round 2 (blend weight 0.4), refits, and a
@@ -34,9 +41,7 @@ def results(demo_data, tmp_path):
     rng = np.random.default_rng(0)
     ids = load_test(demo_data)["image_id"].tolist()
     res = tmp_path / "results"
-    for i, folder in enumerate(["models/a", "models/b", "refit/a", "refit/b", "round2/models/a", "round2/models/b",
-                                "round2/refit/a", "round2/refit/b"]):  # fmt: skip
-        _write(res / folder / "test_pred.parquet", _preds(ids, rng, 1 + i / 10))
+    write_members(res, ids, rng)
     _write(res / "ensemble/weights.json", {"method": "nnls", "weights": {"a": 0.25, "b": 0.75}})
     _write(res / "round2/blend.json", {"alpha": 0.4, "weights": {"a": 1.0, "b": 0.0}})
     n = 40

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from test_final import _write, write_members
 from test_training import _train
 
 from src import postprocess as pp
@@ -16,7 +17,6 @@ from src.errors import UserError
 from src.final import NO_EVIDENCE, build, refit_decision
 from src.metrics import weighted_r2
 from src.oof import PRED, TRUE
-from src.targets import TARGETS
 
 N_FOLDS, PER_FOLD = 5, 24
 
@@ -68,17 +68,6 @@ def test_the_refit_is_used_only_when_its_check_wins_on_the_folds_beyond_noise():
         refit_decision(c.iloc[5:], folds)
 
 
-def _write(path, obj):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    obj.to_parquet(path) if path.suffix == ".parquet" else path.write_text(json.dumps(obj))
-
-
-def _preds(ids, rng, scale):
-    df = pd.DataFrame({"image_id": ids})
-    df[list(TARGETS)] = pp.expand(rng.uniform(5, 40, (len(ids), 3)) * scale)
-    return df
-
-
 @pytest.fixture
 def results(demo_data, tmp_path):
     """Round 1 (models a and b), round 2 (blend weight 0.4), refits of both rounds, and the
@@ -86,9 +75,7 @@ def results(demo_data, tmp_path):
     rng = np.random.default_rng(0)
     ids = load_test(demo_data)["image_id"].tolist()
     res = tmp_path / "results"
-    for i, folder in enumerate(["models/a", "models/b", "refit/a", "refit/b", "round2/models/a", "round2/models/b",
-                                "round2/refit/a", "round2/refit/b"]):  # fmt: skip
-        _write(res / folder / "test_pred.parquet", _preds(ids, rng, 1 + i / 10))
+    write_members(res, ids, rng)
     _write(res / "ensemble/weights.json", {"method": "nnls", "weights": {"a": 0.25, "b": 0.75}})
     _write(res / "round2/blend.json", {"alpha": 0.4, "weights": {"a": 0.5, "b": 0.5}})
     oof = _oof([0.2] * N_FOLDS, seed=5)
