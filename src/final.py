@@ -1,6 +1,6 @@
 """CLI: the final submission: the chosen models' test predictions blended, then post-processed.
 
-    python -m src.final --results-dir results --data-dir data/raw [--round2] [--refit [--refit-evidence]]
+    python -m src.final --results-dir results --data-dir data/raw [--round2] [--refit [--no-refit-evidence]]
 
 What goes in is written down as ``<results>/final/recipe.json``: the members (a model folder
 relative to the results dir, holding ``fold<k>/`` or a refit's ``full/``, and its weight), the
@@ -10,13 +10,13 @@ pipeline combines the members' ``test_pred.parquet`` files; the Kaggle package
 ``combine``. Also written: ``final/test_pred.parquet``, ``<results>/submission.csv`` and
 ``final/steps.json``: OOF and holdout weighted R^2 with and without each step after round 1.
 
-Refits on evidence (``--refit --refit-evidence``, config ``refit: {use: true, evidence: true}``): a
+Refits on evidence (``--refit``, config ``refit: {use: true, evidence: true}``): a
 model's test predictions come from its full-data refit only where its refit check
 (``refit_check/<model>/oof.parquet``: the refit procedure run per fold, scored on the fold's
 validation images) beats its fold models' honest OOF (``models/<model>/oof.parquet``), see
 ``refit_decision``; ``final/refit_evidence.json`` holds the scores and the decision per model. Round
 2's refit of a model (``round2/refit/<model>``) follows the round-1 decision of the same model: no
-refit check runs on round 2. Without ``--refit-evidence`` the refits are used as configured.
+refit check runs on round 2. With ``--no-refit-evidence`` the refits are used as configured.
 """
 
 from __future__ import annotations
@@ -145,7 +145,7 @@ def _holdout(frame: pd.DataFrame, data_dir: Path) -> float | None:
 
 
 def build(results: str | Path, data_dir: str | Path, round2: bool = False, refit: bool = False,
-          predict: dict | None = None, refit_evidence_required: bool = False) -> dict:
+          predict: dict | None = None, refit_evidence_required: bool = True) -> dict:
     """Write the recipe, the final predictions and submission, and the with/without table.
     ``refit``: test predictions from the full-data refits; with ``refit_evidence_required`` only
     the models whose refit check says so (``refit_decision``; ``final/refit_evidence.json``), and
@@ -232,9 +232,10 @@ def main(argv=None) -> None:
     ap.add_argument("--round2", action="store_true", help="blend in the pseudo-label round (round2/blend.json)")
     ap.add_argument("--refit", action="store_true", help="test predictions from the full-data refits (refit/<model>, "
                     "round2/refit/<model>) instead of the folds' mean")
-    ap.add_argument("--refit-evidence", action="store_true", help="with --refit: only for the models whose refit check "
-                    "(refit_check/<model>/oof.parquet) beats the fold models' OOF (models/<model>/oof.parquet) by more "
-                    "than its standard error over the folds; final/refit_evidence.json says why")
+    ap.add_argument("--no-refit-evidence", dest="refit_evidence", action="store_false", help="with --refit: use every "
+                    "refit as configured; by default only the models whose refit check (refit_check/<model>/oof.parquet) "
+                    "beats the fold models' OOF (models/<model>/oof.parquet) by more than its standard error over the "
+                    "folds, and final/refit_evidence.json says why")
     ap.add_argument("--no-tta", dest="tta", action="store_false", help="the recipe's prediction settings (as the predict rule)")
     ap.add_argument("--tta-scales", nargs="+", type=float, default=[1.0])
     args = ap.parse_args(argv)

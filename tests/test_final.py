@@ -57,7 +57,7 @@ def results(demo_data, tmp_path):
 
 
 def test_the_recipe_blends_the_chosen_members_then_post_processes(results, demo_data):
-    recipe = build(results, demo_data, round2=True, refit=True)
+    recipe = build(results, demo_data, round2=True, refit=True, refit_evidence_required=False)
     members = {m["model_dir"]: m["weight"] for m in recipe["members"]}
     # round 1 keeps 1 - 0.4 of its weights, round 2 gets 0.4 of its own; b's round-2 weight 0 is no member
     assert members == pytest.approx({"refit/a": 0.15, "refit/b": 0.45, "round2/refit/a": 0.4})
@@ -75,7 +75,7 @@ def test_the_recipe_blends_the_chosen_members_then_post_processes(results, demo_
 
 
 def test_each_step_is_scored_without_and_with_it_on_the_holdout(results, demo_data):
-    build(results, demo_data, round2=True, refit=True)
+    build(results, demo_data, round2=True, refit=True, refit_evidence_required=False)
     steps = json.loads((results / "final/steps.json").read_text())
     names = [s["step"] for s in steps["steps"]]
     assert names[0].startswith("round 1") and "pseudo-label" in names[1] and "refit" in names[2]

@@ -29,7 +29,7 @@ rule final:
         data=lambda wc, input: os.path.dirname(input.test),
         rounds=(["--round2"] if PSEUDO else [])
         + (["--refit"] if REFIT else [])
-        + (["--refit-evidence"] if REFIT_EVIDENCE else []),
+        + (["--no-refit-evidence"] if REFIT and not REFIT_EVIDENCE else []),
         tta="" if config["predict"]["tta"] else "--no-tta",
         scales=[f"{s:g}" for s in config["predict"]["tta_scales"]],
         results=lambda wc, output: os.path.dirname(output.sub),
