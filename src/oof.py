@@ -21,6 +21,7 @@ when Stage 1 ends (patience) and the weights Stage 2 starts from (Stage 1's best
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -87,34 +88,35 @@ def _read(path: Path) -> pd.DataFrame:
 
 
 def _selection(fold_dir: Path) -> str:
-    import json
-
     path = fold_dir / "metrics.json"
     return json.loads(path.read_text()).get("selection", "best_epoch") if path.exists() else "best_epoch"
 
 
-def honest_oof(model_dir: Path, folds: list[int], selected: dict[int, pd.DataFrame]) -> tuple[pd.DataFrame | None, str, dict]:
+def epoch_frames(model_dir: Path, folds: list[int]) -> dict[int, pd.DataFrame] | None:
+    """Every fold's ``epoch_preds.parquet``, or None when a fold has none (runs before they were kept)."""
+    paths = {k: model_dir / f"fold{k}" / EPOCH_PREDS for k in folds}
+    return {k: _read(p) for k, p in paths.items()} if all(p.exists() for p in paths.values()) else None
+
+
+def honest_oof(model_dir: Path, folds: list[int], selected: dict[int, pd.DataFrame],
+               epochs: dict[int, pd.DataFrame] | None) -> tuple[pd.DataFrame | None, str, dict]:
     """The unbiased OOF frame, its kind (``KINDS``) and each fold's chosen epoch; None when the folds
     cannot give one (a single fold, no per-epoch predictions, or SWA's best K)."""
     how = {k: _selection(model_dir / f"fold{k}") for k in folds}
     for saved, kind in (("swa_last", "swa_last"), ("none", "unselected")):  # nothing chose the saved weights
         if all(h == saved for h in how.values()):
             return pd.concat([selected[k] for k in folds], ignore_index=True), kind, {}
-    paths = {k: model_dir / f"fold{k}" / EPOCH_PREDS for k in folds}
-    if len(folds) < 2 or any(h != "best_epoch" for h in how.values()) or not all(p.exists() for p in paths.values()):
+    if len(folds) < 2 or any(h != "best_epoch" for h in how.values()) or epochs is None:
         return None, "selected", {}
-    epochs = {k: _read(p) for k, p in paths.items()}
     chosen = crossfold_epochs(epochs)
     rows = [epochs[k][epochs[k]["epoch"] == chosen[k]["epoch"]] for k in folds]
     return pd.concat(rows, ignore_index=True), CROSSFOLD, chosen
 
 
-def last_oof(model_dir: Path, folds: list[int]) -> pd.DataFrame | None:
-    paths = [model_dir / f"fold{k}" / EPOCH_PREDS for k in folds]
-    if not all(p.exists() for p in paths):
+def last_oof(epochs: dict[int, pd.DataFrame] | None) -> pd.DataFrame | None:
+    if epochs is None:
         return None
-    frames = [_read(p) for p in paths]
-    return pd.concat([f[f["epoch"] == f["epoch"].max()] for f in frames], ignore_index=True)
+    return pd.concat([f[f["epoch"] == f["epoch"].max()] for f in epochs.values()], ignore_index=True)
 
 
 def _sorted(df: pd.DataFrame) -> pd.DataFrame:
@@ -135,8 +137,9 @@ def merge_oof(model_dir: str | Path, n_folds: int | None = None, require_all: bo
     if require_all and n_folds is not None and len(folds) != n_folds:
         raise UserError(f"{model_dir}: folds {folds} present, {n_folds} expected; train the missing folds")
     sel = _sorted(pd.concat(selected.values(), ignore_index=True))
-    honest, kind, chosen = honest_oof(model_dir, folds, selected)
-    last = last_oof(model_dir, folds)
+    epochs = epoch_frames(model_dir, folds)  # read once: the cross-fold choice and the last epochs
+    honest, kind, chosen = honest_oof(model_dir, folds, selected, epochs)
+    last = last_oof(epochs)
     oof = sel if honest is None else _sorted(honest[["image_id", "fold", "State", *TRUE, *PRED]])
     scores = {**score(oof), "score": kind, "score_means": KINDS[kind], "selected": score(sel)}
     if last is not None:
