@@ -8,7 +8,7 @@ export DVC_NO_ANALYTICS := 1
 export PATH := $(CURDIR)/.venv/bin:$(PATH)
 DEMO_DIR := data/demo
 
-.PHONY: demo test test-slow lint bench clean-demo mutation slurm-acceptance
+.PHONY: demo test test-slow lint bench gpu-check clean-demo mutation slurm-acceptance
 
 # .venv/wheels: the dependency wheels of the offline Kaggle package (src.kaggle_package), downloaded
 # once here because its build (and its test) run without network.
@@ -50,6 +50,10 @@ clean-demo:
 # Speed benchmarks (not tests): JSON in benchmarks/results/ and a table.
 bench: .venv/.installed
 	python -m benchmarks.run
+
+# One GPU check of the CUDA paths, under 8 minutes (benchmarks/results/gpu_check.json); without CUDA it says so and exits 0.
+gpu-check: .venv/.installed
+	python -m benchmarks.gpu_check
 
 # Mutation check of the guide's flags: each flag's effect is removed in turn and a test guarding
 # it must fail (tests/mutation/check.py; about 15 minutes here). Table: benchmarks/results/.
