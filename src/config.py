@@ -19,8 +19,24 @@ import yaml
 
 from src.errors import Parser, UserError
 
-BACKBONE_SIZES = ("tiny", "small", "small_plus", "base", "large", "huge", "7b")
-DEPTH_SIZES = ("small", "base")
+# timm's DINOv3 architectures per --backbone-size; "hub" weights are timm's HUB_TAG release of each.
+TIMM_NAMES = {
+    "tiny": "vit_small_patch16_dinov3",  # shrunk by models.backbone.TINY_KWARGS, random only
+    "small": "vit_small_patch16_dinov3",
+    "small_plus": "vit_small_plus_patch16_dinov3",  # 29 M, SwiGLU: small's width, more capacity
+    "base": "vit_base_patch16_dinov3",
+    "large": "vit_large_patch16_dinov3",
+    "huge": "vit_huge_plus_patch16_dinov3",
+    "7b": "vit_7b_patch16_dinov3",  # 6.7 B: 13.4 GB of bf16 weights before any training state
+}
+HUB_TAG = "lvd1689m"
+BACKBONE_SIZES = tuple(TIMM_NAMES)
+# Depth Anything V2 on the hub, per --depth-model-size (the default of --depth-model)
+DEPTH_HUB_IDS = {
+    "small": "depth-anything/Depth-Anything-V2-Small-hf",  # Apache-2.0
+    "base": "depth-anything/Depth-Anything-V2-Base-hf",  # CC-BY-NC-4.0
+}
+DEPTH_SIZES = tuple(DEPTH_HUB_IDS)
 CV_STRATEGIES = ("group_location", "group_date", "stratified", "kfold")
 
 
@@ -39,7 +55,9 @@ class TrainConfig:
     output_dir: str = opt("outputs", "where fold<k>/ checkpoints, history and OOF files go", "run")
     seed: int = opt(42, "random seed (model init, data order, augmentation)", "run")
     device: str = opt("auto", "auto (cuda > mps > cpu), cuda, mps or cpu", "run", choices=("auto", "cuda", "mps", "cpu"))
-    num_workers: int = opt(2, "DataLoader worker processes per rank", "run")
+    num_workers: int = opt(2, "DataLoader worker processes per rank (at most the rank's share of --cpus, less one)", "run")
+    cpus: int = opt(0, "CPUs of the whole job: loader workers + compute threads of every rank add up to it "
+                    "(0: the CPUs this process may run on; OMP_NUM_THREADS, when set, caps the threads)", "run")
     image_cache_dir: str = opt("", "folder of image caches (<dir>/<size>/<split>.npy, python -m src.image_cache); "
                                "empty: decode the JPEGs every epoch", "run")
     resume: bool = opt(False, "continue each fold from its last completed epoch (fold<k>/last.*)", "run")
@@ -199,7 +217,7 @@ class TrainConfig:
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 # Settings that do not change what a fold learns (where it runs, where files are): a resume may
 # differ in these, and fold models that differ only in these are one model.
-RUNTIME_ONLY = {"resume", "num_workers", "device", "output_dir", "folds", "data_dir", "fold_csv", "depth_cache_dir",
+RUNTIME_ONLY = {"resume", "num_workers", "cpus", "device", "output_dir", "folds", "data_dir", "fold_csv", "depth_cache_dir",
                 "image_cache_dir", "pseudo_labels"}  # where the pseudo-labels are; their content is in fold_inputs
 
 

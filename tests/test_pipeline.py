@@ -6,11 +6,13 @@ import os
 import shlex
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
+from hub_cache import placeholders
 
 from src.project_copy import copy_project
 
@@ -18,9 +20,14 @@ REPO = Path(__file__).resolve().parents[1]
 BIN = str(Path(sys.executable).parent)
 
 
+# config/config.yaml names hub weights: offline, the run checks they are in the local cache.
+HUB = placeholders(Path(tempfile.mkdtemp(prefix="hub-placeholders-")))
+
+
 def _env():
     return {**os.environ, "PATH": BIN + os.pathsep + os.environ["PATH"], "OMP_NUM_THREADS": "1",
-            "HF_HUB_OFFLINE": "1", "NO_ALBUMENTATIONS_UPDATE": "1", "DVC_NO_ANALYTICS": "1"}  # fmt: skip
+            "HF_HUB_OFFLINE": "1", "NO_ALBUMENTATIONS_UPDATE": "1", "DVC_NO_ANALYTICS": "1",
+            "HF_HUB_CACHE": str(HUB)}  # fmt: skip
 
 
 def _run(args, cwd, check=True):
@@ -78,8 +85,8 @@ def _real_data(repo):
 
 
 @pytest.mark.parametrize("visible, launcher, note", [
-    ("", " python -m src.dinov3_train --config", "runs on the CPU"),
-    ("0", " python -m src.dinov3_train --config", "runs on 1"),
+    ("", " python -m src.dinov3_train --cpus", "runs on the CPU"),
+    ("0", " python -m src.dinov3_train --cpus", "runs on 1"),
     ("0,1,2", "torchrun --standalone --nproc_per_node=2 -m src.dinov3_train", None),
 ])  # fmt: skip
 def test_local_runs_give_gpu_jobs_only_the_visible_gpus(repo, monkeypatch, visible, launcher, note):

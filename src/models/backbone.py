@@ -11,18 +11,9 @@ from pathlib import Path
 import timm
 import torch.nn as nn
 
+from src.config import HUB_TAG, TIMM_NAMES
 from src.errors import UserError
 
-TIMM_NAMES = {
-    "tiny": "vit_small_patch16_dinov3",
-    "small": "vit_small_patch16_dinov3",
-    "small_plus": "vit_small_plus_patch16_dinov3",  # 29 M, SwiGLU: small's width, more capacity
-    "base": "vit_base_patch16_dinov3",
-    "large": "vit_large_patch16_dinov3",
-    "huge": "vit_huge_plus_patch16_dinov3",
-    "7b": "vit_7b_patch16_dinov3",  # 6.7 B: 13.4 GB of bf16 weights before any training state
-}
-HUB_TAG = "lvd1689m"
 # A 2-layer, 32-wide ViT with DINOv3's token layout: seconds per epoch on a laptop CPU.
 TINY_KWARGS = {"embed_dim": 32, "depth": 2, "num_heads": 2}
 

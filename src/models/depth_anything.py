@@ -12,12 +12,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from src.config import DEPTH_HUB_IDS as HUB_IDS
 from src.errors import UserError
 
-HUB_IDS = {
-    "small": "depth-anything/Depth-Anything-V2-Small-hf",  # Apache-2.0
-    "base": "depth-anything/Depth-Anything-V2-Base-hf",  # CC-BY-NC-4.0
-}
 BACKENDS = ("torchvision", "pil")
 
 

@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, Subset
 from src.data.mixup import Mixup, mix
 from src.errors import UserError
 from src.progress import progress
+from src.training.cpu_budget import worker_init
 from src.training.distributed import DistInfo, sum_across_ranks
 from src.training.engine import autocast
 
@@ -68,7 +69,8 @@ class FeatureCache:
         self.cls = self.patches = self.depth = None
         rows = range(info.rank, n, info.world_size)
         keys = [v * n + i for v in range(views) for i in rows]  # BiomassDataset: key = epoch * n + row
-        loader = DataLoader(Subset(dataset, keys), batch_size=batch_size, shuffle=False, num_workers=workers)
+        loader = DataLoader(Subset(dataset, keys), batch_size=batch_size, shuffle=False, num_workers=workers,
+                            worker_init_fn=worker_init if workers else None)
         done = 0
         with torch.no_grad(), progress(total=len(keys), desc=desc, unit="view", leave=False, disable=not info.is_main) as bar:
             for batch in loader:

@@ -36,7 +36,7 @@ from src.models.biomass import BiomassModel, export_frame
 from src.oof import EPOCH_PREDS, PRED, TRUE
 from src.targets import SHORT, TARGETS
 from src.training import checkpoint as ckpt
-from src.training import fold_files
+from src.training import cpu_budget, fold_files
 from src.training.averaging import TopK, make_ema
 from src.training.distributed import DistInfo, all_equal_check, barrier
 from src.training.engine import evaluate, train_one_epoch
@@ -84,7 +84,7 @@ def _build_feature_caches(model, cfg, info, train_ds, val_ds, batch_size):
     """Tokens of the frozen backbone: ``--feature-cache-views`` augmented samples of every training
     image, drawn by the training dataset itself (its transform and seed), and the unaugmented
     validation images. Under DDP each rank computes its share and all ranks end with all."""
-    workers = cfg.num_workers
+    workers = cpu_budget.for_run(cfg, info.world_size).workers
     with train_ds.unmixed():  # plain views; CachedBatches mixes their tokens
         train_cache = FeatureCache(model, train_ds, cfg.feature_cache_views, info, batch_size, "feature cache (train)",
                                    workers)  # fmt: skip
@@ -170,11 +170,13 @@ def train_fold(cfg: TrainConfig, info: DistInfo, images: pd.DataFrame, folds: pd
     # i-th batches is exactly one process's i-th batch and DDP matches single-process training.
     sampler = DistributedSampler(train_ds, num_replicas=info.world_size, rank=info.rank, shuffle=True,
                                  seed=cfg.seed + fold, drop_last=True)
-    pin = info.device.type == "cuda"
-    workers = {"num_workers": cfg.num_workers, "persistent_workers": cfg.num_workers > 0}
-    train_loader = DataLoader(train_ds, batch_size=per_rank_batch, sampler=EpochIndices(sampler, len(train_ds)), **workers,
-                              drop_last=True, pin_memory=pin)
-    val_loader = DataLoader(val_ds, batch_size=per_rank_batch, shuffle=False, **workers, pin_memory=pin)
+    budget = cpu_budget.for_run(cfg, info.world_size)
+    if info.is_main and budget.note():
+        print(f"note: {budget.note()}", flush=True)
+    loading = cpu_budget.loader_kwargs(budget, info.device)
+    train_loader = DataLoader(train_ds, batch_size=per_rank_batch, sampler=EpochIndices(sampler, len(train_ds)), **loading,
+                              drop_last=True)
+    val_loader = DataLoader(val_ds, batch_size=per_rank_batch, shuffle=False, **loading)
     steps = len(train_loader) // cfg.grad_accum
     if steps == 0:
         raise UserError(

@@ -60,15 +60,16 @@ def start_over(fold_dir: Path) -> None:
     fold_dir.mkdir(parents=True, exist_ok=True)
 
 
-def saved_state(fold_dir: Path) -> tuple[dict | None, str]:
-    """The resume state, or None and why it cannot be used (a damaged file starts the fold over)."""
+def saved_state(fold_dir: Path, key: str = "fold_state") -> tuple[dict | None, str]:
+    """The resume state, or None and why it cannot be used (a damaged file starts the fold over);
+    ``key``: what a state of this kind holds (a refit's: ``refit_state``)."""
     path = Path(fold_dir) / "last_state.pt"
     if not path.exists():
         return None, ""
     try:
         state = ckpt.load_state(path)
-        if not isinstance(state, dict) or "fold_state" not in state:
-            raise ValueError("no fold state in it")
+        if not isinstance(state, dict) or key not in state:
+            raise ValueError(f"no {key} in it")
     except Exception as exc:  # torch raises several types for a cut or empty file
         first = (str(exc).splitlines() or [type(exc).__name__])[0][:120]
         return None, f"{path} is damaged ({first})"

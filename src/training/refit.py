@@ -43,12 +43,12 @@ from src.metrics import summary
 from src.models.biomass import BiomassModel
 from src.targets import TARGETS
 from src.training import checkpoint as ckpt
-from src.training import fold_files
+from src.training import cpu_budget, fold_files
 from src.training.averaging import make_ema
 from src.training.distributed import DistInfo, barrier
 from src.training.engine import evaluate, train_one_epoch
 from src.training.feature_cache import CachedBatches, FeatureCache
-from src.training.fit import Stage, _rows, _train_dataset, oof_frame
+from src.training.fit import Stage, _rows, _train_dataset, _why_not_resume, oof_frame
 from src.training.optim import build_optimizer, build_scheduler
 
 FOLDER = "full"
@@ -111,8 +111,8 @@ def _validation(cfg: TrainConfig, val: pd.DataFrame, stats: dict, extras: dict, 
     tf = dict(size=cfg.image_size, border_mask=cfg.use_border_mask, pad_to_square=cfg.use_pad_to_square)
     ds = BiomassDataset(val, cfg.data_dir, HalfTransform(train=False, **tf), depth=depth,
                         aux=aux_targets(val, stats, extras), halves=halves, prep=PhotoPrep.of(cfg))  # fmt: skip
-    return DataLoader(ds, batch_size=per_rank_batch, shuffle=False, num_workers=cfg.num_workers,
-                      persistent_workers=cfg.num_workers > 0, pin_memory=info.device.type == "cuda")  # fmt: skip
+    return DataLoader(ds, batch_size=per_rank_batch, shuffle=False,
+                      **cpu_budget.loader_kwargs(cpu_budget.for_run(cfg, info.world_size), info.device))
 
 
 def _refit(cfg: TrainConfig, info: DistInfo, images: pd.DataFrame, per_rank_batch: int, inputs: dict,
@@ -138,22 +138,24 @@ def _refit(cfg: TrainConfig, info: DistInfo, images: pd.DataFrame, per_rank_batc
         depth = None if depth is None else depth[~is_val]
         what = (f"refit check of fold {check}: {len(images)} training images, {plan} (the median of the other folds' "
                 f"{per_fold}), scored on its {len(val)} validation images")  # fmt: skip
-    if info.is_main:
-        fold_files.start_over(out_dir)
-        print(what, flush=True)
-    barrier(info)
     seed = cfg.seed + slot
     extras = vocabularies(images)
     stats = fold_statistics(images, extras)
     torch.manual_seed(seed)
     model = BiomassModel(cfg, stats, extras).to(info.device)
     criterion = build_criterion(cfg, stats).to(info.device)
-    train_ds, _ = _train_dataset(cfg, images, stats, extras, slot, inputs, depth, halves)  # seed + slot
+    train_ds, inputs = _train_dataset(cfg, images, stats, extras, slot, inputs, depth, halves)  # seed + slot
+    saved = _resume_state(out_dir, cfg, inputs, info) if cfg.resume else None
+    if info.is_main:
+        print(what if saved is None else f"{what}: resuming after epoch {saved['refit_state']['epoch']}", flush=True)
+    barrier(info)
     sampler = DistributedSampler(train_ds, num_replicas=info.world_size, rank=info.rank, shuffle=True, seed=seed,
                                  drop_last=True)  # fmt: skip
-    loader = DataLoader(train_ds, batch_size=per_rank_batch, sampler=EpochIndices(sampler, len(train_ds)),
-                        num_workers=cfg.num_workers, persistent_workers=cfg.num_workers > 0, drop_last=True,
-                        pin_memory=info.device.type == "cuda")  # fmt: skip
+    budget = cpu_budget.for_run(cfg, info.world_size)
+    if info.is_main and budget.note():
+        print(f"note: {budget.note()}", flush=True)
+    loader = DataLoader(train_ds, batch_size=per_rank_batch, sampler=EpochIndices(sampler, len(train_ds)), drop_last=True,
+                        **cpu_budget.loader_kwargs(budget, info.device))
     steps = len(loader) // cfg.grad_accum
     if steps == 0:
         raise UserError(f"refit: {len(images)} images give no full update at --batch-size {cfg.batch_size}; lower it")
@@ -161,24 +163,34 @@ def _refit(cfg: TrainConfig, info: DistInfo, images: pd.DataFrame, per_rank_batc
         stages = [Stage("stage1", cfg.freeze_epochs, False), Stage("stage2", cfg.stage2_epochs, not cfg.freeze_backbone)]
     else:
         stages = [Stage("single", cfg.epochs, not cfg.freeze_backbone)]
-    history, epoch, judged = [], 0, model
+    at = dict(saved["refit_state"]) if saved else {"stage": 0, "stage_epoch": 0, "epoch": 0, "updates": 0, "history": []}
+    if saved:
+        model.load_state_dict(saved["model"], strict=True)
+    history, epoch, judged = at["history"], at["epoch"], model
     last = max(i for i, s in enumerate(stages) if s.epochs > 0) if any(s.epochs > 0 for s in stages) else -1
     for si, stage in enumerate(stages):
-        if stage.epochs <= 0:
+        if stage.epochs <= 0 or si < at["stage"]:
             continue
         model.freeze_backbone(not stage.train_backbone)
         batches = loader
         if not stage.train_backbone and cfg.feature_cache and not cfg.use_aos_hallucination:
             with train_ds.unmixed():
                 cache = FeatureCache(model, train_ds, cfg.feature_cache_views, info, per_rank_batch,
-                                     "feature cache (refit)", cfg.num_workers)  # fmt: skip
+                                     "feature cache (refit)", budget.workers)  # fmt: skip
             batches = CachedBatches(cache, sampler, per_rank_batch, seed, Mixup.of(cfg, seed))
         wrapped = DDP(model, device_ids=[info.device.index] if info.device.type == "cuda" else None) if info.distributed else model
         optimizer = build_optimizer(model, cfg, stage.train_backbone)
         scheduler = build_scheduler(optimizer, cfg, stage.epochs, steps)
         scheduler.step_update(0)
         ema, updates = make_ema(model, cfg, si == last), 0  # --ema-stages as in the CV folds
-        for e in range(stage.epochs):
+        first = at["stage_epoch"] if si == at["stage"] else 0
+        if first > 0:  # resumed mid-stage: the saved optimiser, schedule and EMA are this stage's
+            optimizer.load_state_dict(saved["optimizer"])
+            scheduler.load_state_dict(saved["scheduler"])
+            updates = at["updates"]
+            if ema is not None:
+                ema.module.load_state_dict(saved["ema"], strict=True)
+        for e in range(first, stage.epochs):
             loader.sampler.set_epoch(epoch)
             if isinstance(batches, CachedBatches):
                 batches.set_epoch(epoch)
@@ -190,9 +202,15 @@ def _refit(cfg: TrainConfig, info: DistInfo, images: pd.DataFrame, per_rank_batc
             if info.is_main:
                 print(f"refit | {stage.name} {e + 1}/{stage.epochs} | train {loss['loss']:.4f}", flush=True)
             epoch += 1
-        judged = model if ema is None else ema.module
-        if judged is not model:  # the next stage goes on from what this one would save
-            model.load_state_dict(judged.state_dict())
+            done = e + 1 == stage.epochs
+            if done and ema is not None:  # the next stage goes on from what this one would save
+                model.load_state_dict(ema.module.state_dict())
+            # One commit per epoch (as a CV fold's): a preempted or timed-out refit resumes here.
+            _commit(out_dir, info, model, cfg, inputs, history,
+                    {"stage": si + 1, "stage_epoch": 0, "epoch": epoch, "updates": 0} if done else
+                    {"stage": si, "stage_epoch": e + 1, "epoch": epoch, "updates": updates},
+                    None if done else (optimizer, scheduler, ema))  # fmt: skip
+        judged = model
     result = {**plan, "epochs_run": epoch, "folds_epochs": [list(p) for p in per_fold], "n_images": len(images),
               "n_pseudo": len(train_ds) - len(images),
               "train_loss": history[-1]["train_loss"] if history else None}  # fmt: skip
@@ -216,3 +234,39 @@ def _refit(cfg: TrainConfig, info: DistInfo, images: pd.DataFrame, per_rank_batc
                   f"-> {out_dir / 'oof.parquet'}", flush=True)  # fmt: skip
     barrier(info)
     return result
+
+
+STATE = "last_state.pt"
+
+
+def _resume_state(out_dir: Path, cfg: TrainConfig, inputs: dict, info: DistInfo) -> dict | None:
+    """The refit's committed state when it matches this run (settings, epochs, inputs); otherwise
+    the folder starts over (rank 0 empties it), with the reason printed."""
+    saved, why = fold_files.saved_state(out_dir, key="refit_state")
+    if saved is not None:
+        why = _why_not_resume(saved, cfg, inputs)
+        saved = None if why else saved
+    barrier(info)  # every rank has read the old state before rank 0 removes it
+    if info.is_main:
+        if why:
+            print(f"{out_dir}: {why}: starting over", flush=True)
+        if saved is None:
+            fold_files.start_over(out_dir)
+    barrier(info)
+    return saved
+
+
+def _commit(out_dir: Path, info: DistInfo, model, cfg: TrainConfig, inputs: dict, history: list, at: dict,
+            running: tuple | None) -> None:
+    """The epoch's resume state in one atomic file; ``running``: (optimizer, scheduler, ema) of a
+    stage still under way (a finished stage's next one starts fresh from the weights)."""
+    if info.is_main:
+        state = {"refit_state": {**at, "history": history}, "model": ckpt.cpu_state(model), "config": cfg.to_dict(),
+                 "inputs": inputs}
+        if running is not None:
+            optimizer, scheduler, ema = running
+            state.update(optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict())
+            if ema is not None:
+                state["ema"] = ckpt.cpu_state(ema.module)
+        ckpt.save_state(out_dir / STATE, state)
+    barrier(info)

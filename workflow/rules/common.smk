@@ -12,10 +12,11 @@ sys.path.insert(0, str(REPO))  # the src package, from the repository root
 # The jobs' `python -m src...` too, whatever the working directory (--directory .test, cluster jobs).
 shell.prefix(f"export PYTHONPATH={shlex.quote(str(REPO))}:$PYTHONPATH; ")
 
-from src.config import from_dict, load_yaml, to_argv  # noqa: E402
+from src.config import DEPTH_HUB_IDS, default_of, from_dict, load_yaml, to_argv  # noqa: E402
 from src.data.photo_prep import PhotoPrep  # noqa: E402
 from src.errors import UserError  # noqa: E402
 from src.targets import SHORT  # noqa: E402
+from src.weights_check import backbone_problem, depth_problem, offline  # noqa: E402
 
 if not config:
     raise WorkflowError("no config: run with --configfile config/config.yaml (real data) or config/demo.yaml")
@@ -57,17 +58,24 @@ def model_yaml(model):
     return os.path.relpath(REPO / "config" / "models" / f"{model}.yaml")
 
 
-def depth_model():
-    """What --depth-model the trainer gets: the demo's tiny local model, a given hub id/dir, or
-    '' (the hub id of each model's --depth-model-size)."""
-    return TINY_DEPTH if config["depth"]["model"] == "tiny" else config["depth"]["model"]
+def depth_model(size):
+    """The Depth Anything V2 a cache of this size is built with, and its trainers name: the demo's
+    tiny local model, the model (hub id or local dir) given for this size or for every size, or
+    the size's hub id. Never empty: an empty value would reach the shell as a missing argument."""
+    given = config["depth"]["model"]
+    if given == "tiny":
+        return TINY_DEPTH
+    if isinstance(given, dict):
+        given = given.get(size, "")
+    return given or DEPTH_HUB_IDS[size]
 
 
-def pipeline_values():
+def pipeline_values(model):
     """What the pipeline sets on every model: its overrides, then its paths and depth settings."""
     values = dict(config.get("trainer_overrides") or {})
+    size = {**load_yaml(model_yaml(model)), **values}.get("depth_model_size", default_of("depth_model_size"))
     values.update(
-        depth_model=depth_model(),
+        depth_model=depth_model(size),
         depth_cache_dir=f"{RESULTS}/depth",
         depth_backend=config["depth"]["backend"],
         depth_resolution=config["depth"]["resolution"],
@@ -80,7 +88,7 @@ def pipeline_values():
 
 def trainer_values(model):
     """The model's YAML, overridden by the pipeline (the command line does the same at run time)."""
-    return {**load_yaml(model_yaml(model)), **pipeline_values()}
+    return {**load_yaml(model_yaml(model)), **pipeline_values(model)}
 
 
 # --- checks that stop a wrong config before any job starts ---------------------------------------
@@ -102,6 +110,19 @@ for _m in MODELS:
         TRAINER[_m] = from_dict(trainer_values(_m), source=model_yaml(_m))
     except UserError as exc:
         _fail(str(exc))
+
+
+# The weights every model names, where its jobs will look (a local file or folder, or the hub's
+# copy when HF_HUB_OFFLINE=1): a missing one stops the run here, not in its first job.
+_problems = {}
+for _m, _c in TRAINER.items():
+    _found = [backbone_problem(_c.backbone_size, _c.backbone_weights, offline())]
+    if _c.use_depth and config["depth"]["model"] != "tiny":  # the tiny model is a product of the run
+        _found.append(depth_problem(_c.depth_model, offline()))
+    for _p in filter(None, _found):
+        _problems.setdefault(_p, []).append(_m)
+if _problems:
+    _fail("\n".join(f"{'model' if len(m) == 1 else 'models'} {', '.join(m)}: {p}" for p, m in _problems.items()))
 
 
 def uses_depth(model):
@@ -141,14 +162,14 @@ def launcher(gpus):
     return "python"
 
 
-def trainer_flags():
+def trainer_flags(model):
     """The pipeline's trainer flags as a list, so the shell command quotes each ({params.flags:q})."""
-    return to_argv(pipeline_values())
+    return to_argv(pipeline_values(model))
 
 
-def pseudo_flags(labels):
+def pseudo_flags(model, labels):
     """Round 2's trainer flags: the pipeline's, plus the pseudo-labelled images and their weight."""
-    return trainer_flags() + ["--pseudo-labels", labels, "--pseudo-weight", str(config["pseudo"]["weight"])]
+    return trainer_flags(model) + ["--pseudo-labels", labels, "--pseudo-weight", str(config["pseudo"]["weight"])]
 
 
 def final_members():

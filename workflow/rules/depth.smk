@@ -32,7 +32,7 @@ rule depth_cache:
         gpu=config["depth"].get("gpus", 0),
     params:
         data=lambda wc, input: os.path.dirname(input.csv),
-        model=lambda wc: depth_model(),
+        model=lambda wc: depth_model(wc.size.split("_")[0]),
         d=config["depth"],
         size=lambda wc: wc.size.split("_")[0],
         prep=lambda wc: prep_flags(wc.size),

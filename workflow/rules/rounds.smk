@@ -73,7 +73,7 @@ use rule train as train_round2 with:
     params:
         data=lambda wc: DATA,
         launcher=lambda wc, resources: launcher(resources.gpu),
-        flags=lambda wc, input: pseudo_flags(input.pseudo),
+        flags=lambda wc, input: pseudo_flags(wc.model, input.pseudo),
         out=lambda wc, output: os.path.dirname(os.path.dirname(output[0])),
 
 
@@ -160,12 +160,12 @@ rule refit:
     params:
         data=lambda wc: DATA,
         launcher=lambda wc, resources: launcher(resources.gpu),
-        flags=trainer_flags(),
+        flags=lambda wc: trainer_flags(wc.model),
         cv=lambda wc: f"{RESULTS}/models/{wc.model}",
         out=lambda wc, output: os.path.dirname(os.path.dirname(output[0])),
     shell:
-        "OMP_NUM_THREADS={threads} {params.launcher} -m src.dinov3_train --config {input.model_cfg:q} {params.flags:q} "
-        "--data-dir {params.data:q} --fold-csv {input.folds:q} --refit-from {params.cv:q} --output-dir {params.out:q} "
+        "OMP_NUM_THREADS={threads} {params.launcher} -m src.dinov3_train --cpus {threads} --config {input.model_cfg:q} {params.flags:q} "
+        "--data-dir {params.data:q} --fold-csv {input.folds:q} --refit-from {params.cv:q} --output-dir {params.out:q} --resume "
         "> {log:q} 2>&1"
 
 
@@ -192,13 +192,13 @@ rule refit_check:
     params:
         data=lambda wc: DATA,
         launcher=lambda wc, resources: launcher(resources.gpu),
-        flags=trainer_flags(),
+        flags=lambda wc: trainer_flags(wc.model),
         cv=lambda wc: f"{RESULTS}/models/{wc.model}",
         out=lambda wc, output: os.path.dirname(os.path.dirname(output[0])),
     shell:
-        "OMP_NUM_THREADS={threads} {params.launcher} -m src.dinov3_train --config {input.model_cfg:q} {params.flags:q} "
+        "OMP_NUM_THREADS={threads} {params.launcher} -m src.dinov3_train --cpus {threads} --config {input.model_cfg:q} {params.flags:q} "
         "--data-dir {params.data:q} --fold-csv {input.folds:q} --refit-from {params.cv:q} --folds {wildcards.fold} "
-        "--output-dir {params.out:q} > {log:q} 2>&1"
+        "--output-dir {params.out:q} --resume > {log:q} 2>&1"
 
 
 use rule merge_oof as merge_oof_refit_check with:
@@ -244,7 +244,7 @@ use rule refit as refit_round2 with:
     params:
         data=lambda wc: DATA,
         launcher=lambda wc, resources: launcher(resources.gpu),
-        flags=lambda wc, input: pseudo_flags(input.pseudo),
+        flags=lambda wc, input: pseudo_flags(wc.model, input.pseudo),
         cv=lambda wc: f"{ROUND2}/models/{wc.model}",
         out=lambda wc, output: os.path.dirname(os.path.dirname(output[0])),
 

@@ -23,10 +23,10 @@ rule train:
     params:
         data=lambda wc: DATA,
         launcher=lambda wc, resources: launcher(resources.gpu),  # gpu as scaled to the machine
-        flags=trainer_flags(),
+        flags=lambda wc: trainer_flags(wc.model),
         out=lambda wc, output: os.path.dirname(os.path.dirname(output[0])),
     shell:
-        "OMP_NUM_THREADS={threads} {params.launcher} -m src.dinov3_train --config {input.model_cfg:q} {params.flags:q} "
+        "OMP_NUM_THREADS={threads} {params.launcher} -m src.dinov3_train --cpus {threads} --config {input.model_cfg:q} {params.flags:q} "
         "--data-dir {params.data:q} --fold-csv {input.folds:q} --folds {wildcards.fold} --output-dir {params.out:q} "
         "--resume > {log:q} 2>&1"
 
