@@ -60,6 +60,8 @@ def test_slurm_profile_dry_run_asks_for_gpus_and_torchrun(repo):
     assert "tasks" not in str(profile["set-resources"]["train"]) and "gres" not in str(profile)
     assert "cpus_per_task" not in str(profile)  # CPUs follow each rule's threads, never a fixed count
     assert "mem_mb" in profile["set-resources"]["train"] and "runtime" in profile["set-resources"]["train"]
+    # a preempted job goes back into the queue, a failed or timed-out one is submitted again: both resume
+    assert profile["slurm-requeue"] is True and profile["retries"] >= 1
     partitions = yaml.safe_load((repo / profile["slurm-partition-config"]).read_text())["partitions"]
     assert sorted(p["max_gpu"] > 0 for p in partitions.values() if "max_gpu" in p) == [True]  # CPU jobs avoid it
     _real_data(repo)
@@ -67,6 +69,8 @@ def test_slurm_profile_dry_run_asks_for_gpus_and_torchrun(repo):
                  cwd=repo)  # fmt: skip
     text = out.stdout + out.stderr
     assert "torchrun --standalone --nproc_per_node=2 -m src.dinov3_train" in text
+    trainer = [ln for ln in text.splitlines() if "-m src.dinov3_train" in ln]
+    assert trainer and all(" --resume " in ln for ln in trainer)  # folds, refit checks: every trainer job resumes
     assert "gpu=2" in text and "rule train" in text
     for m in ("M1", "M2", "M3", "M4", "M5"):
         assert f"results/models/{m}/fold4/metrics.json" in text
@@ -130,6 +134,8 @@ def test_the_rounds_after_round_1_are_jobs_with_their_own_inputs(repo):
     assert "python -m src.predict --model-dir results/test/models/baseline" in text and "--per-fold" in text
     refit = [j for j in jobs if "rule refit:" in j and "model=planthydra" in j]
     assert len(refit) == 1 and "--refit-from results/test/models/planthydra" in refit[0]
+    checks = [j for j in jobs if "rule refit_check:" in j]
+    assert checks and all("--resume" in j for j in [*refit, *checks])  # a requeued refit goes on from its last epoch
     assert "results/test/models/planthydra/fold2/metrics.json" in refit[0]
     final = next(j for j in jobs if "rule final:" in j)
     assert "--round2 --refit" in final and "results/test/refit/baseline/test_pred.parquet" in final

@@ -41,6 +41,7 @@ cleanup() {
 	local rc=$? pid _
 	set +e
 	trap - EXIT INT TERM
+	if [[ -n ${PREEMPTER:-} ]]; then kill "$PREEMPTER" 2>/dev/null; fi
 	if ((${#PIDS[@]})); then
 		say "stopping SLURM daemons"
 		if [[ -n $(timeout 10 squeue -h -o %i 2>/dev/null) ]]; then
@@ -187,6 +188,28 @@ CMD=(snakemake --workflow-profile "$PROFILE" --slurm-partition-config "$PROFILE/
 	--set-resources "${SET_RESOURCES[@]}"
 	--slurm-status-command squeue --slurm-init-seconds-before-status-checks "$POLL_S"
 	--slurm-logdir "$STATE/slurm_logs" --slurm-keep-successful-logs --verbose)
+# Preemption, as SLURM does it: once a fold job has committed an epoch, `scontrol requeue` stops
+# it and puts it back into the queue (the profile submits with --requeue). Its second start must
+# resume from that epoch (the trainer's --resume), which its log then says.
+REQUEUED=$STATE/requeued
+preempt_one_fold_job() {
+	local id comment wc model fold
+	while sleep 1; do
+		while read -r id comment; do
+			wc=${comment#rule_train_wildcards_} # <model>_<fold>
+			model=${wc%_*} fold=${wc##*_}
+			if [[ -s $RESULTS/models/$model/fold$fold/last_state.pt && ! -e $RESULTS/models/$model/fold$fold/metrics.json ]]; then
+				if scontrol requeue "$id"; then
+					echo "$id $model $fold" >"$REQUEUED"
+					return 0
+				fi
+			fi
+		done < <(squeue -h --states=RUNNING -o '%i %k' | awk '$2 ~ /^rule_train_wildcards_/')
+	done
+}
+preempt_one_fold_job &
+PREEMPTER=$!
+
 say "running snakemake through the SLURM profile (full log: $LOG)"
 T0=$EPOCHREALTIME
 set +e
@@ -195,6 +218,7 @@ set +e
 timeout --foreground --signal=INT --kill-after=120 "$TIMEOUT_S" "${CMD[@]}" 2>&1 | tee -i "$LOG" |
 	(trap '' INT && exec grep --line-buffered -E 'steps \([0-9]+%\) done|submitted with SLURM jobid|^Error in rule')
 RC=${PIPESTATUS[0]}
+kill "$PREEMPTER" 2>/dev/null
 set -e
 WALL=$(awk -v a="$T0" -v b="$EPOCHREALTIME" 'BEGIN {printf "%.0f", b - a}')
 
@@ -211,7 +235,17 @@ TRAIN_NOT_CPU=$(awk -F'|' '$1 ~ /^rule_train_/ && $2 != "cpu"' <<<"$JOBS" | wc -
 BY_RULE=$(awk -F'|' 'NF == 3 {sub(/^rule_/, "", $1); sub(/_wildcards_.*/, "", $1); n[$1 " " $3]++}
 	END {for (k in n) print k, n[k]}' <<<"$JOBS" | sort | awk '{printf "%s%s %s x%s", s, $1, $2, $3; s=", "}')
 
+PREEMPTED="none"
+if [[ -s $REQUEUED ]]; then
+	read -r PRE_ID PRE_MODEL PRE_FOLD <"$REQUEUED"
+	PRE_LOG=$RESULTS/logs/train/${PRE_MODEL}_fold${PRE_FOLD}.log
+	RESUMED=$(grep -m1 -oE "fold $PRE_FOLD: resuming after epoch [0-9]+" "$PRE_LOG" || true)
+	PREEMPTED="job $PRE_ID ($PRE_MODEL fold $PRE_FOLD) requeued by scontrol; on its second start: ${RESUMED:-no resume in $PRE_LOG}"
+fi
+
 PROBLEMS=()
+[[ -s $REQUEUED ]] || PROBLEMS+=("no running fold job was requeued")
+[[ $PREEMPTED == *"resuming after epoch"* ]] || PROBLEMS+=("the requeued fold job did not resume (${PREEMPTED})")
 ((RC != 124)) || PROBLEMS+=("snakemake timed out after ${TIMEOUT_S}s")
 ((RC == 0 || RC == 124)) || PROBLEMS+=("snakemake exited with $RC")
 [[ $STEPS =~ ^([0-9]+)\ of\ ([0-9]+)\ steps\ \(100%\) && ${BASH_REMATCH[1]} == "${BASH_REMATCH[2]}" ]] ||
@@ -235,6 +269,7 @@ mkdir -p "$(dirname "$REPORT")"
 	echo "| sbatch submissions | $SUBMITTED |"
 	echo "| SLURM jobs by rule and state (squeue) | ${BY_RULE:-none} |"
 	echo "| train jobs by partition (squeue) | ${TRAIN_PARTS:-none} |"
+	echo "| preemption (requeue) of a running fold job | $PREEMPTED |"
 	echo "| snakemake log | \`$LOG\` |"
 	echo "| SLURM job logs | \`$STATE/slurm_logs\` |"
 	echo
