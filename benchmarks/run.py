@@ -15,6 +15,8 @@
 (e) demo: wall time of the `make demo` pipeline (snakemake on config/demo.yaml, fresh results).
 (f) quality: OOF weighted R^2 of the trainer against a linear probe and a minimal fine-tuning
     loop at equal settings (``benchmarks/quality.py``, also runnable alone).
+(g) standalone: wall time of ``python -m src.dinov3_train`` without an image cache against a
+    minimal loop on the same tiny 5-fold work (``benchmarks/standalone.py``, also runnable alone).
 """
 
 from __future__ import annotations
@@ -233,8 +235,15 @@ def bench_quality(root: Path, quick: bool) -> dict:
     return quality.main(["--seeds", "1", "--epochs", "8", "--data", "demo"] if quick else [])["verdict"]
 
 
+def bench_standalone(root: Path, quick: bool) -> dict:
+    """(g) the standalone trainer (subprocess, imports included) against a minimal loop, paired."""
+    from benchmarks import standalone
+
+    return standalone.run(rounds=1 if quick else 3)
+
+
 BENCHES = {"data": bench_data, "stage1": bench_stage1, "gpu": bench_gpu, "infer": bench_infer, "demo": bench_demo,
-           "quality": bench_quality}
+           "quality": bench_quality, "standalone": bench_standalone}
 
 
 def main(argv=None) -> None:

@@ -59,7 +59,8 @@ class TrainConfig:
     cpus: int = opt(0, "CPUs of the whole job: loader workers + compute threads of every rank add up to it "
                     "(0: the CPUs this process may run on; OMP_NUM_THREADS, when set, caps the threads)", "run")
     image_cache_dir: str = opt("", "folder of image caches (<dir>/<size>/<split>.npy, python -m src.image_cache); "
-                               "empty: decode the JPEGs every epoch", "run")
+                               "empty: each photo is decoded once into memory when the halves fit a quarter of the available "
+                               "memory, else every epoch", "run")
     resume: bool = opt(False, "continue each fold from its last completed epoch (fold<k>/last.*)", "run")
 
     # --- model ---------------------------------------------------------------------------------

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import KFold, StratifiedGroupKFold, StratifiedKFold
 
 from src.errors import UserError
 
@@ -56,6 +55,9 @@ def make_folds(images: pd.DataFrame, n_folds: int = 5, strategy: str = "group_lo
             f"use 2..{n_groups if strategy.startswith('group') else len(df)}"
         )
     df["stratum"] = _merge_rare(df, n_folds)
+    # Imported here: scikit-learn takes a second to load, and a run on a fold CSV never needs it.
+    from sklearn.model_selection import KFold, StratifiedGroupKFold, StratifiedKFold
+
     x = np.zeros(len(df))
     if strategy == "group_location":
         split = StratifiedGroupKFold(n_folds, shuffle=True, random_state=seed).split(x, df["stratum"], df["group"])

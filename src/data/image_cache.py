@@ -3,11 +3,16 @@ memory-maps, so an epoch costs augmentation only. The JPEG path stays the fallba
 
 One ``.npy`` file per (split, resolution, padding) holds (N, 2, S, S, 3) uint8 RGB halves; a
 JSON file beside it records the image ids and settings; a cache made otherwise is refused.
+
+Without ``--image-cache-dir`` the trainer builds the same rows in memory (``InMemory``), filled
+while its photo check decodes each photo, when they fit ``memory_budget``; over it, the JPEGs are
+decoded every epoch, with one note saying so and how to build the file instead.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +41,11 @@ def _meta_path(path: Path) -> Path:
     return path.with_suffix(".json")
 
 
+def squares(rgb: np.ndarray, size: int, pad: bool) -> list[np.ndarray]:
+    """One cache row: a cleaned photo's left and right halves, each resized to size x size."""
+    return [to_square(h, size, pad) for h in split_halves(rgb)]
+
+
 def build(data_dir, split: str, size: int, out, pad: bool = False, prep: PhotoPrep = PhotoPrep()) -> bool:
     """Write the cache; returns False when a matching one already exists."""
     data_dir, out = Path(data_dir), Path(out)
@@ -47,7 +57,7 @@ def build(data_dir, split: str, size: int, out, pad: bool = False, prep: PhotoPr
     with atomic_path(out) as tmp:
         arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(images), 2, size, size, 3))
         for i, rel in enumerate(progress(images["image_path"], desc=f"image cache {split} {size}px", unit="img")):
-            arr[i] = [to_square(h, size, pad) for h in split_halves(read_rgb(data_dir / rel, prep))]
+            arr[i] = squares(read_rgb(data_dir / rel, prep), size, pad)
         arr.flush()
         del arr
     write_json(_meta_path(out), meta)
@@ -82,3 +92,83 @@ def load_for_config(cfg, split: str, image_ids: list[str]):
     path = cache_path(cfg.image_cache_dir, cfg.image_size, split, cfg.use_pad_to_square, prep)
     return load(path, image_ids, cfg.image_size, cfg.use_pad_to_square,
                 build_command(cfg.data_dir, split, cfg.image_size, cfg.use_pad_to_square, path, prep), prep)  # fmt: skip
+
+
+MEMORY_SHARE = 4  # an in-memory cache may take a quarter of the memory available to this node's ranks
+
+
+def row_bytes(size: int) -> int:
+    return 2 * size * size * 3
+
+
+def available_memory() -> int | None:
+    """Bytes this process can still allocate: the machine's available memory (psutil, else the
+    free pages), less when a cgroup (a SLURM job, a container) allows less; None if unknown."""
+    try:
+        import psutil
+
+        free = int(psutil.virtual_memory().available)
+    except ImportError:
+        try:
+            free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (AttributeError, ValueError, OSError):
+            return None
+    for limit, used in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+                        ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes")):  # fmt: skip
+        try:
+            cap = Path(limit).read_text().strip()
+            if cap.isdigit():
+                free = min(free, int(cap) - int(Path(used).read_text().strip()))
+            break
+        except (OSError, ValueError):
+            continue
+    return max(0, free)
+
+
+def memory_budget(ranks: int = 1) -> int:
+    """Bytes one rank's in-memory image cache may take: a quarter of the available memory, shared
+    by the ranks on this node (each holds its own); 0 when the available memory is unknown."""
+    free = available_memory()
+    return 0 if free is None else free // MEMORY_SHARE // max(1, ranks)
+
+
+class InMemory:
+    """The image cache ``build`` would write, built in memory from photos decoded elsewhere (the
+    trainer's photo check): the same rows, so training from it equals training from the file.
+    DataLoader workers (fork) share it; read-only once complete, like the file's memory map."""
+
+    def __init__(self, n: int, size: int, pad: bool = False, prep: PhotoPrep = PhotoPrep()):
+        self.size, self.pad, self.prep = size, pad, prep
+        self.array = np.empty((n, 2, size, size, 3), np.uint8)
+        self.filled = np.zeros(n, bool)
+
+    def add(self, row: int, rgb: np.ndarray) -> None:
+        """``rgb``: the photo as decoded (EXIF orientation applied), before the cleaning."""
+        self.array[row] = squares(self.prep.apply(rgb), self.size, self.pad)
+        self.filled[row] = True
+
+    def halves(self) -> tuple[np.ndarray, np.ndarray]:
+        """(N, 2, S, S, 3) and each image's row, as ``load`` returns for a file."""
+        if not self.filled.all():
+            raise RuntimeError(f"in-memory image cache: {int((~self.filled).sum())} photos never added")
+        self.array.flags.writeable = False
+        return self.array, np.arange(len(self.array), dtype=np.int64)
+
+
+def in_memory_for_config(cfg, split: str, n: int, ranks: int = 1, announce: bool = True) -> InMemory | None:
+    """An empty in-memory cache for ``n`` photos when the config names no cache folder and it fits
+    ``memory_budget``; otherwise None, and over the budget one note (``announce``: this rank prints)."""
+    if cfg.image_cache_dir:
+        return None
+    prep = PhotoPrep.of(cfg)
+    need, budget = n * row_bytes(cfg.image_size), memory_budget(ranks)
+    if need > budget:
+        if announce:
+            path = cache_path("results/cache/images", cfg.image_size, split, cfg.use_pad_to_square, prep)
+            print(f"note: the {n} photos' halves at {cfg.image_size}px need {need / 2**20:.0f} MiB, more than the "
+                  f"{budget / 2**20:.0f} MiB this rank may keep in memory (a quarter of the available memory); the "
+                  "photos are decoded again every epoch. Decode them once into a file instead: "
+                  f"{build_command(cfg.data_dir, split, cfg.image_size, cfg.use_pad_to_square, path, prep)}, "
+                  f"then train with --image-cache-dir {path.parent.parent}", flush=True)  # fmt: skip
+        return None
+    return InMemory(n, cfg.image_size, cfg.use_pad_to_square, prep)

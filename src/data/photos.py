@@ -8,6 +8,7 @@ flat grey or noise without a word.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -48,7 +49,8 @@ def _open(path: str | Path, decode: bool) -> tuple[tuple[int, int], np.ndarray |
             if not decode:
                 return size, None
             try:  # writable: torch and transformers take it as is
-                return size, np.array(ImageOps.exif_transpose(im).convert("RGB"))
+                ImageOps.exif_transpose(im, in_place=True)  # in place: no copy of a photo that needs no turn
+                return size, np.array(im if im.mode == "RGB" else im.convert("RGB"))
             except _BAD as exc:
                 raise _fix(Path(path), f"cannot be decoded ({_first(exc)})")
     except Image.DecompressionBombError as exc:
@@ -72,13 +74,19 @@ def _first(exc: Exception) -> str:
     return (str(exc).splitlines() or [type(exc).__name__])[0][:120]
 
 
-def check_photos(data_dir: str | Path, images: pd.DataFrame, decode: bool = True, warn: bool = True) -> list[tuple[int, int]]:
+def check_photos(data_dir: str | Path, images: pd.DataFrame, decode: bool = True, warn: bool = True,
+                 each: Callable[[int, np.ndarray], None] | None = None) -> list[tuple[int, int]]:  # fmt: skip
     """Every photo's size; with ``decode`` each is fully decoded once (a damaged one stops here,
-    not in epoch 7). Warns once when photos are far from the 2:1 of the quadrat photos."""
+    not in epoch 7) and handed to ``each(row, rgb)`` (RGB as ``read_rgb`` without cleaning: the
+    trainer's in-memory image cache is filled in this same pass). Warns once when photos are far
+    from the 2:1 of the quadrat photos."""
     paths = [Path(data_dir) / rel for rel in images["image_path"]]
     sizes = []
-    for p in progress(paths, desc="checking photos", unit="img", disable=not decode or len(paths) < 50):
-        sizes.append(_open(p, decode)[0])
+    for i, p in enumerate(progress(paths, desc="checking photos", unit="img", disable=not decode or len(paths) < 50)):
+        size, rgb = _open(p, decode)
+        sizes.append(size)
+        if each is not None and rgb is not None:
+            each(i, rgb)
     odd = [(i, w, h) for i, (w, h) in zip(images["image_id"], sizes) if not ASPECT_RANGE[0] <= w / h <= ASPECT_RANGE[1]]
     if odd and warn:
         i, w, h = odd[0]

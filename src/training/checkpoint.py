@@ -26,8 +26,34 @@ def save_weights(model: torch.nn.Module, path: Path, cfg: TrainConfig | None = N
     with atomic_path(path) as tmp:
         save_file(cpu_state(model), str(tmp), metadata=metadata)
     if cfg is not None:
-        save_yaml(cfg, Path(path).parent / "config.yaml")
-        write_json(Path(path).parent / "extras.json", extras or {"species": [], "states": []})
+        _save_side_files(Path(path).parent, cfg, extras or {"species": [], "states": []})
+
+
+# Per folder: what this process last wrote as config.yaml + extras.json, and those files' stat then.
+_SIDE_FILES: dict[Path, tuple[str, tuple]] = {}
+
+
+def _stamp(*paths: Path) -> tuple:
+    out = []
+    for p in paths:
+        try:
+            st = p.stat()
+            out.append((st.st_ino, st.st_size, st.st_mtime_ns))
+        except FileNotFoundError:
+            out.append(None)
+    return tuple(out)
+
+
+def _save_side_files(folder: Path, cfg: TrainConfig, extras: dict) -> None:
+    """config.yaml and extras.json, unless this process wrote these same ones there and they are
+    untouched since (a fold's best epoch improves many times; YAML alone costs ~10 ms a write)."""
+    files = (folder / "config.yaml", folder / "extras.json")
+    want = json.dumps([cfg.to_dict(), extras], sort_keys=True, default=str)
+    if _SIDE_FILES.get(folder) == (want, _stamp(*files)):
+        return
+    save_yaml(cfg, files[0])
+    write_json(files[1], extras)
+    _SIDE_FILES[folder] = (want, _stamp(*files))
 
 
 def cpu_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:

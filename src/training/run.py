@@ -7,6 +7,7 @@ directory into ``oof.parquet`` + ``oof_metrics.json`` and prints the OOF weighte
 from __future__ import annotations
 
 import contextlib
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -48,6 +49,11 @@ def data_notes(cfg: TrainConfig, sizes: list[tuple[int, int]]) -> list[str]:
     return []
 
 
+def _local_ranks(info) -> int:
+    """The ranks on this node, which share its memory (torchrun sets LOCAL_WORLD_SIZE)."""
+    return int(os.environ.get("LOCAL_WORLD_SIZE", info.world_size))
+
+
 def run(cfg: TrainConfig) -> dict | None:
     images = load_train(cfg.data_dir)
     folds = resolve_folds(cfg, images)
@@ -56,12 +62,20 @@ def run(cfg: TrainConfig) -> dict | None:
     info = setup(cfg.device)
     try:
         # Every photo decoded once now, unless the image cache already did: a damaged one stops the run here.
-        sizes = check_photos(cfg.data_dir, images, decode=halves is None, warn=info.is_main)
+        # Without a cache folder the same pass fills an in-memory image cache, so no epoch decodes a photo
+        # again (each rank holds its own; DataLoader workers share their rank's).
+        memory = image_cache.in_memory_for_config(cfg, "train", len(images), _local_ranks(info), info.is_main)
+        sizes = check_photos(cfg.data_dir, images, decode=halves is None, warn=info.is_main,
+                             each=None if memory is None else memory.add)  # fmt: skip
+        halves = halves if memory is None else memory.halves()
         inputs = fold_inputs(images, folds, cfg.data_dir, depth)  # what every fold's resume must match
         per_rank = per_rank_batch(cfg.batch_size, info, cfg.grad_accum)
         todo = cfg.folds or sorted(set(folds))
         if info.is_main:
-            print(f"device {info.device} x {info.world_size} | backbone {cfg.backbone_size} | folds {todo}", flush=True)
+            photos = ("image cache file" if cfg.image_cache_dir else "decoded every epoch" if memory is None else
+                      f"decoded once into memory ({halves[0].nbytes / 2**20:.0f} MiB)")  # fmt: skip
+            print(f"device {info.device} x {info.world_size} | backbone {cfg.backbone_size} | folds {todo} | photos "
+                  f"{photos}", flush=True)  # fmt: skip
             for line in idle_flags(cfg) + data_notes(cfg, sizes):
                 print(f"note: {line}", flush=True)
         if cfg.refit_from:
