@@ -59,7 +59,8 @@ def load_fold_models(model_dir: str | Path, device: torch.device | str = "cpu", 
     """Every ``fold<k>/best.safetensors`` under ``model_dir`` (or a refit's ``full/``, as fold -1)
     with its ``config.yaml``, in fold order, in eval mode on ``device``. The backbone is built without hub access; all weights
     (and the ``target_scale`` buffer) come from the checkpoint, loaded strictly. Fold models
-    trained with different settings are refused (``allow_mixed``: averaged, with a warning)."""
+    trained with different settings or on different data are refused (``allow_mixed``: averaged,
+    with a warning); fewer folds than the run's ``n_folds`` get one warning."""
     model_dir = Path(model_dir)
     device = torch.device(device)
     if not model_dir.is_dir():
@@ -71,7 +72,7 @@ def load_fold_models(model_dir: str | Path, device: torch.device | str = "cpu", 
         found = [(-1, model_dir / "full")]  # a full-data refit (--refit-from): one model, fold -1
     if not found:
         raise UserError(f"--model-dir {model_dir}: no fold*/{CHECKPOINT} checkpoints; {_train_hint(model_dir)}")
-    models = []
+    models, data = [], []
     for k, fold_dir in found:
         ckpt = fold_dir / CHECKPOINT
         if not (fold_dir / "config.yaml").is_file():
@@ -93,7 +94,10 @@ def load_fold_models(model_dir: str | Path, device: torch.device | str = "cpu", 
                 f"{ckpt}: cannot load into the model described by its config.yaml ({first}); retrain fold {k}"
             )
         models.append((k, cfg, model.to(device).eval()))
+        data.append((k, trained_on(fold_dir)))
     _check_alike(model_dir, models, allow_mixed)
+    _check_same_data(model_dir, data, allow_mixed)
+    _warn_missing_folds(model_dir, models)
     return models
 
 
@@ -108,6 +112,53 @@ def _check_alike(model_dir: Path, models: list[FoldModel], allow_mixed: bool) ->
             if not allow_mixed:
                 raise UserError(f"{msg}; retrain the odd folds alike, or pass --allow-mixed-folds to average them anyway")
             print(f"warning: {msg}; averaging them anyway (--allow-mixed-folds)", file=sys.stderr)
+
+
+def trained_on(fold_dir: Path) -> dict[str, str] | None:
+    """The fingerprint of the data a fold learnt from (``src.data.fingerprint.fold_inputs``, kept in
+    its ``last_state.pt``), less its pseudo-labels, which are per fold by design. None where no
+    fingerprint is recorded (a Kaggle package ships no last_state.pt) or the file cannot be read (a
+    resume's business, not prediction's). mmap: a running fold's state holds weights and optimiser."""
+    path = Path(fold_dir) / "last_state.pt"
+    if not path.is_file():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # torch raises several types for a cut, empty or foreign file
+        return None
+    inputs = state.get("inputs") if isinstance(state, dict) else None
+    if not isinstance(inputs, dict):
+        return None
+    return {str(n): v for n, v in inputs.items() if not str(n).startswith("pseudo")}
+
+
+def _check_same_data(model_dir: Path, data: list[tuple[int, dict | None]], allow_mixed: bool) -> None:
+    """One model's folds must have learnt from one data set: same training rows and targets, fold
+    assignment, photo files and depth features (folds without a recorded fingerprint are not judged)."""
+    known = [(k, d) for k, d in data if d is not None]
+    if len(known) < 2:
+        return
+    (k0, d0) = known[0]
+    for k, d in known[1:]:
+        diff = sorted(n for n in {*d0, *d} if d0.get(n) != d.get(n))
+        if diff:
+            msg = f"--model-dir {model_dir}: fold{k0} and fold{k} were trained on different data ({', '.join(diff)})"
+            if not allow_mixed:
+                raise UserError(f"{msg}; retrain the odd folds on the data you mean (the trainer's --resume retrains "
+                                "each fold whose data changed), or pass --allow-mixed-folds to average them anyway")
+            print(f"warning: {msg}; averaging them anyway (--allow-mixed-folds)", file=sys.stderr)
+            return
+
+
+def _warn_missing_folds(model_dir: Path, models: list[FoldModel]) -> None:
+    """Once per model: fewer fold models than the run's --n-folds (a refit, fold -1, is whole)."""
+    have = [k for k, _, _ in models if k >= 0]
+    n_folds = max((cfg.n_folds for k, cfg, _ in models if k >= 0), default=0)
+    missing = [k for k in range(n_folds) if k not in have]
+    if have and missing:
+        print(f"warning: --model-dir {model_dir}: predicting with {len(have)} of {n_folds} folds "
+              f"({', '.join(f'fold{k}' for k in missing)} missing); for the mean over every fold train them with "
+              f"the same settings and --folds {' '.join(map(str, missing))}", file=sys.stderr)  # fmt: skip
 
 
 # --- images --------------------------------------------------------------------------------------

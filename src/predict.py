@@ -53,7 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --data-dir: each fold model's own predictions, <split>_pred_folds.parquet (a fold column; "
                         "no mean, no submission): what the pseudo-label round labels each fold's test images with")
     p.add_argument("--allow-mixed-folds", action="store_true",
-                   help="average fold models trained with different settings (refused by default), with a warning")
+                   help="average fold models trained with different settings or on different data (refused by "
+                        "default), with a warning")
     p.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default: 8)")
     p.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes (default: 0)")
     p.add_argument(
