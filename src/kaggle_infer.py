@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
 import time
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 
 import pandas as pd
 import yaml
@@ -56,16 +57,78 @@ def _link(src: Path, dst: Path) -> None:
         shutil.copy2(src, dst)
 
 
+REBUILD = "rebuild the package with python -m src.kaggle_package --results-dir RESULTS"
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _inside(package_dir: Path, rel: str, path: Path, what: str) -> Path:
+    """``package_dir / rel``, which must stay inside the package: relative, no '..', no link out."""
+    if PurePosixPath(rel).is_absolute() or PureWindowsPath(rel).is_absolute() or ".." in PurePosixPath(
+            rel.replace("\\", "/")).parts:  # fmt: skip
+        raise UserError(f"{path}: {what} {rel!r} leaves the package (absolute or '..'); it must be a folder inside "
+                        f"{package_dir}: {REBUILD}")  # fmt: skip
+    full = package_dir / rel
+    if not full.resolve().is_relative_to(package_dir.resolve()):
+        raise UserError(f"{path}: {what} {rel!r} leaves the package through a link (to {full.resolve()}); copy the "
+                        f"models into {package_dir} or {REBUILD}")  # fmt: skip
+    return full
+
+
+def read_recipe(package_dir: Path) -> dict:
+    """``<package>/recipe.json``, checked before anything is read or written: members with a
+    model_dir inside the package and a finite weight; ``postprocess`` a mapping or null;
+    ``predict`` a mapping (tta true/false, tta_scales numbers > 0). Else one line and the fix."""
+    path = package_dir / "recipe.json"
+    if not path.is_file():
+        raise UserError(f"{path} not found; --package-dir must be the folder src.kaggle_package wrote")
+    try:
+        recipe = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: not valid JSON ({str(exc).splitlines()[0][:120]}); {REBUILD}")
+    members = recipe.get("members") if isinstance(recipe, dict) else None
+    if not isinstance(members, list) or not members:
+        raise UserError(f"{path}: no \"members\" (a list of {{\"model_dir\": ..., \"weight\": ...}}); {REBUILD}")
+    for i, m in enumerate(members):
+        if not isinstance(m, dict) or not isinstance(m.get("model_dir"), str) or not m["model_dir"].strip():
+            raise UserError(f"{path}: members[{i}] has no \"model_dir\" (a folder of the package); {REBUILD}")
+        if not _number(m.get("weight")):
+            raise UserError(f"{path}: members[{i}] weight {m.get('weight')!r} is not a finite number; {REBUILD}")
+        _inside(package_dir, m["model_dir"], path, f"members[{i}].model_dir")
+    if not isinstance(recipe.get("postprocess"), (dict, type(None))):
+        raise UserError(f"{path}: \"postprocess\" {recipe['postprocess']!r} is neither a mapping nor null; {REBUILD}")
+    kw = recipe.get("predict", {})
+    scales = kw.get("tta_scales", [1.0]) if isinstance(kw, dict) else None
+    if (not isinstance(kw, dict) or not isinstance(kw.get("tta", True), bool) or not isinstance(scales, list)
+            or not scales or not all(_number(s) and s > 0 for s in scales)):  # fmt: skip
+        raise UserError(f"{path}: \"predict\" {kw!r} must be {{\"tta\": true/false, \"tta_scales\": [numbers > 0]}}; "
+                        f"{REBUILD}")  # fmt: skip
+    return recipe
+
+
+def _check_work_dir(package_dir: Path, root: Path) -> None:
+    """The work copies go to ``root`` (<work-dir>/models), which must not hold or be the package."""
+    a, b = root.resolve(), package_dir.resolve()
+    if a.is_relative_to(b) or b.is_relative_to(a):
+        raise UserError(f"--work-dir {root.parent}: its models/ folder would overlap the package {package_dir} "
+                        "(the work copies replace what is there); give another --work-dir")  # fmt: skip
+
+
 def resolve_members(recipe: dict, package_dir: Path, root: Path) -> Path:
     """``root/<model_dir>/<fold>/`` for each member: links to the packaged weights, and a
     config.yaml whose ``depth_model`` (relative to the package) is an absolute path, so the depth
     cache built here and the models agree on its name wherever Kaggle mounts the package."""
-    for m in recipe["members"]:
-        src_dir = package_dir / m["model_dir"]
+    path = package_dir / "recipe.json"
+    _check_work_dir(package_dir, root)
+    for i, m in enumerate(recipe["members"]):
+        src_dir = _inside(package_dir, m["model_dir"], path, f"members[{i}].model_dir")
         folds = sorted(p.parent for p in src_dir.glob(f"*/{CHECKPOINT}"))
         if not folds:
             raise UserError(f"{src_dir}: no */{CHECKPOINT}; rebuild the package with python -m src.kaggle_package")
         for fold in folds:
+            _inside(package_dir, str(fold.relative_to(package_dir)), path, f"members[{i}] fold folder")
             dst = root / m["model_dir"] / fold.name
             if dst.exists():
                 shutil.rmtree(dst)
@@ -106,10 +169,8 @@ def run(package_dir: str | Path, data_dir: str | Path, work_dir: str | Path, out
         device: str = "auto") -> pd.DataFrame:
     """Write the package's submission for ``data_dir``'s test images; returns it."""
     package_dir, data_dir, work_dir = Path(package_dir).resolve(), Path(data_dir), Path(work_dir)
-    recipe_path = package_dir / "recipe.json"
-    if not recipe_path.exists():
-        raise UserError(f"{recipe_path} not found; --package-dir must be the folder src.kaggle_package wrote")
-    recipe = json.loads(recipe_path.read_text())
+    recipe = read_recipe(package_dir)  # before anything is read or written
+    _check_work_dir(package_dir, work_dir / "models")
     dev = pick_device(device)
     n = len(load_test(data_dir))
     start = time.perf_counter()

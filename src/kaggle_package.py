@@ -28,7 +28,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import yaml
 
@@ -161,8 +161,19 @@ def _package_dir(model_dir: str) -> str:
     return "models/" + model_dir.removeprefix("models/")
 
 
+def check_member_dirs(recipe: dict, results: Path, path: Path) -> None:
+    """Each member's model_dir is a folder of the results (relative, no '..'): its package copy,
+    ``models/<model_dir>``, then stays inside the package."""
+    for i, m in enumerate(recipe.get("members", [])):
+        rel = m.get("model_dir") if isinstance(m, dict) else None
+        if not isinstance(rel, str) or not rel or PurePosixPath(rel).is_absolute() or ".." in PurePosixPath(rel).parts:
+            raise UserError(f"{path}: members[{i}].model_dir {rel!r} leaves {results} (absolute or '..'); it must be a "
+                            "folder of the results like models/M1: rerun the pipeline's final rule")  # fmt: skip
+
+
 def copy_members(recipe: dict, results: Path, package: Path) -> dict:
     """Each member's checkpoints under ``package/models/``; returns the recipe pointing at them."""
+    check_member_dirs(recipe, results, results / "final/recipe.json")
     depth, members = _DepthModels(package), []
     for m in recipe["members"]:
         src, rel = results / m["model_dir"], _package_dir(m["model_dir"])
