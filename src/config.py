@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -292,10 +293,30 @@ _TYPES = {
 }
 
 
+# Numbers spelt as text: PyYAML (YAML 1.1) reads 1e-3, 1E-3 and +1e3 as strings (it wants a dot),
+# and a Snakemake override may be "8". Plain decimal spellings only: no "nan", "inf", "0x10" or "1_000".
+_FLOAT_TEXT = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")
+_INT_TEXT = re.compile(r"[+-]?[0-9]+")
+
+
+def _number_from_text(value: Any, default: Any) -> Any:
+    """A string that spells a number of the field's kind (a float literal for a float field, an
+    integer literal for an int field) as that number; anything else unchanged."""
+    if isinstance(value, str):
+        text = value.strip()
+        if isinstance(default, float) and _FLOAT_TEXT.fullmatch(text):
+            return float(text)
+        if _is_int(default) and _INT_TEXT.fullmatch(text):
+            return int(text)
+    return value
+
+
 def _typed(name: str, value: Any, source: str) -> Any:
     """``value`` as the field's type, or one line naming the key, the value and the type it needs.
-    YAML and Snakemake overrides arrive untyped: "8" is not 8, and "no" is not False."""
+    YAML and Snakemake overrides arrive untyped: a number spelt as text counts ("1e-3" for a float,
+    "8" for an integer), but "no" is not False and "8.0" is not an integer."""
     default = default_of(name)
+    value = _number_from_text(value, default)
     accepts, kind = _TYPES[type(default)]
     if not accepts(value):
         raise UserError(f"{source}: {name} = {value!r} ({type(value).__name__}) must be {kind}, like {default!r}")

@@ -84,7 +84,12 @@ def test_cli_errors_are_one_line_exit_2(demo_data, tmp_path):
 
 @pytest.mark.parametrize("yaml_text, argv, said", [
     ("lr: fast\n", [], "lr = 'fast' (str) must be a number"),
-    ("batch_size: '8'\n", [], "batch_size = '8' (str) must be an integer"),
+    ("batch_size: eight\n", [], "batch_size = 'eight' (str) must be an integer"),
+    ("batch_size: 1e3\n", [], "batch_size = '1e3' (str) must be an integer"),
+    ("batch_size: 8.0\n", [], "batch_size = 8.0 (float) must be an integer"),
+    ("lr: 1e-3x\n", [], "lr = '1e-3x' (str) must be a number"),
+    ("lr: '0x10'\n", [], "lr = '0x10' (str) must be a number"),
+    ("lr: 1_0e-3\n", [], "lr = '1_0e-3' (str) must be a number"),
     ("folds: 1\n", [], "folds = 1 (int) must be a list of integers"),
     ("use_depth: 'no'\n", [], "use_depth = 'no' (str) must be true or false"),
     ("", ["--lr", "nan"], "--lr nan must be a finite number > 0"),
@@ -101,3 +106,34 @@ def test_values_are_checked_against_the_field_types_and_ranges(tmp_path, yaml_te
     with pytest.raises(UserError, match=re.escape(said)) as exc:
         parse_config(["--config", str(path), *argv])
     assert str(path) in str(exc.value) and "\n" not in str(exc.value)
+
+
+@pytest.mark.parametrize("yaml_text, name, want", [
+    ("lr: 1e-3\n", "lr", 1e-3),  # PyYAML reads these as strings: YAML 1.1 wants a dot in a float
+    ("lr: 1E-3\n", "lr", 1e-3),
+    ("backbone_lr: +1e3\n", "backbone_lr", 1e3),
+    ("lr: .5\n", "lr", 0.5),
+    ("lr: 5.\n", "lr", 5.0),
+    ("weight_decay: -0e-0\n", "weight_decay", 0.0),
+    ("lr: ' 2e-4 '\n", "lr", 2e-4),
+    ("huber_delta: 1e1\n", "huber_delta", 10.0),
+    ("batch_size: '8'\n", "batch_size", 8),  # an integer in any spelling: a Snakemake override "8" too
+    ("seed: +7\n", "seed", 7),
+])  # fmt: skip
+def test_yaml_numbers_in_any_spelling_are_numbers(tmp_path, yaml_text, name, want):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml_text)
+    got = getattr(parse_config(["--config", str(path)]), name)
+    assert got == want and type(got) is type(want)
+
+
+def test_number_strings_reach_the_fields_through_from_dict():
+    """Snakemake's trainer_overrides and a fold's config.yaml arrive through from_dict untyped."""
+    from src.config import from_dict
+
+    cfg = from_dict({"lr": "1e-3", "backbone_lr": "1E-5", "batch_size": "4", "folds": [0, 1]})
+    assert (cfg.lr, cfg.backbone_lr, cfg.batch_size) == (1e-3, 1e-5, 4) and isinstance(cfg.batch_size, int)
+    for bad in ({"lr": "abc"}, {"lr": "nan"}, {"lr": "inf"}, {"batch_size": "4.0"}, {"batch_size": "abc"},
+                {"use_depth": "1"}, {"folds": ["0"]}):  # fmt: skip
+        with pytest.raises(UserError, match=f"{next(iter(bad))} = "):
+            from_dict(bad)

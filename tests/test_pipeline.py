@@ -171,7 +171,7 @@ def test_a_slurm_run_stops_before_submitting_a_job_no_node_can_hold(repo, tmp_pa
     ({"folds": {"n_folds": 1}}, "n_folds is 1"),
     ({"trainer_overrides": {"image_size": 30}}, "multiple of 16"),
     ({"trainer_overrides": {"use_depth": "no"}}, "use_depth = 'no' (str) must be true or false"),
-    ({"trainer_overrides": {"batch_size": "8"}}, "batch_size = '8' (str) must be an integer"),
+    ({"trainer_overrides": {"batch_size": "eight"}}, "batch_size = 'eight' (str) must be an integer"),
 ])  # fmt: skip
 def test_wrong_config_stops_before_any_job(repo, edit, words):
     cfg = yaml.safe_load((repo / "config/test.yaml").read_text())
