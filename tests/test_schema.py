@@ -100,3 +100,36 @@ def test_cli_missing_image_exits_2(demo_copy, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "src.make_folds", "--data-dir", str(demo_copy), "--out", str(out)],
                           capture_output=True, text=True)
     assert proc.returncode == 2 and images.image_id[5] in proc.stderr and not out.exists()
+
+
+def test_photos_linked_from_outside_the_data_folder_are_read(demo_copy, tmp_path):
+    """A train/ folder that is a link (data on another disk) and DVC's cache.type symlink (each photo a
+    link into .dvc/cache) both point outside the data folder: the links are the user's, and followed.
+    What train.csv itself says must still stay inside: no '..', not absolute."""
+    want = load_train(demo_copy)
+    store = tmp_path / "elsewhere/train"
+    store.parent.mkdir()
+    (demo_copy / "train").rename(store)
+    (demo_copy / "train").symlink_to(store, target_is_directory=True)
+    assert load_train(demo_copy).equals(want)
+
+    (demo_copy / "train").unlink()  # DVC's layout: a real train/ of links into a cache
+    cache = tmp_path / "dvc-cache"
+    store.rename(cache)
+    (demo_copy / "train").mkdir()
+    for photo in cache.iterdir():
+        (demo_copy / "train" / photo.name).symlink_to(photo)
+    assert load_train(demo_copy).equals(want)
+    assert len(load_test(demo_copy)) > 0
+
+    first = want.image_path[0]
+    (cache / first.split("/")[-1]).unlink()  # a dangling link is a missing photo
+    with pytest.raises(UserError, match=rf"row 2: photo .*{want.image_id[0]}.jpg: file not found"):
+        load_train(demo_copy)
+    for bad in (f"../{first}", str(cache / first.split("/")[-1]), f"train/../../{first}"):
+        _edit(demo_copy, lambda df, old=first, new=bad: df.assign(image_path=df["image_path"].where(
+            df["image_path"] != old, new)))
+        with pytest.raises(UserError, match=r"row 2: image_path .* must be a relative path inside .*no '\.\.', not "
+                                            r"absolute"):  # fmt: skip
+            load_train(demo_copy)
+        first = bad
