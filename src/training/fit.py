@@ -186,10 +186,7 @@ def train_fold(cfg: TrainConfig, info: DistInfo, images: pd.DataFrame, folds: pd
 
     state, resume_opt = FoldState(), None
     last_w, last_s = fold_dir / "last.safetensors", fold_dir / "last_state.pt"
-    saved, why = fold_files.saved_state(fold_dir) if cfg.resume else (None, "")
-    if saved is not None:
-        why = _why_not_resume(saved, cfg, inputs)
-        saved = None if why else saved
+    saved, why = _resume_point(fold_dir, cfg, inputs) if cfg.resume else (None, "")
     if saved is None:
         # A fresh start leaves nothing of an earlier run in the folder: no old best, OOF or config
         # can be mistaken for this run's.
@@ -202,11 +199,8 @@ def train_fold(cfg: TrainConfig, info: DistInfo, images: pd.DataFrame, folds: pd
     else:
         if "model" in saved:  # last_state.pt is the one commit point: a kill between two files cannot split it
             model.load_state_dict(saved["model"], strict=True)
-        elif last_w.exists() and ckpt.weights_metadata(last_w).get("epoch") == str(saved["fold_state"]["epoch"]):
-            ckpt.load_weights(model, last_w)  # a finished fold keeps no weights in its small state file
         else:
-            raise UserError(f"{fold_dir}: last_state.pt holds no weights and last.safetensors is missing or from another "
-                            "epoch; delete last_state.pt to restart the fold")
+            ckpt.load_weights(model, last_w)  # a finished fold keeps no weights in its small state file
         state = FoldState(**saved["fold_state"])
         resume_opt = saved
         if info.is_main:
@@ -352,6 +346,28 @@ def _saved_epoch_preds(fold_dir: Path, epochs: int) -> list[pd.DataFrame]:
         raise UserError(f"{path} is missing beside last_state.pt; delete last_state.pt to restart the fold")
     df = pd.read_parquet(path)
     return [df[df["epoch"] < epochs]]
+
+
+def _resume_point(fold_dir: Path, cfg: TrainConfig, inputs: dict[str, str]) -> tuple[dict | None, str]:
+    """The saved state this run goes on from, or None and why not ('' when there is none): a damaged
+    last_state.pt, other settings or inputs, or a damaged or missing weights file the state rests on."""
+    saved, why = fold_files.saved_state(fold_dir)
+    if saved is not None:
+        why = _why_not_resume(saved, cfg, inputs) or _why_not_weights(fold_dir, saved)
+    return (None if why else saved), why
+
+
+def _why_not_weights(fold_dir: Path, saved: dict) -> str:
+    """A finished fold's state holds no weights: they are last.safetensors, of the state's epoch.
+    best.safetensors is the fold's result, which a later stage starts from; SWA's kept epochs are averaged."""
+    fs, last = saved["fold_state"], fold_dir / "last.safetensors"
+    needed = [] if "model" in saved else [last]
+    needed += [fold_dir / "best.safetensors"] if fs.get("best_epoch", -1) >= 0 else []
+    needed += [p for _, e in fs.get("top", []) if (p := TopK(fold_dir, 0, []).path(e)).exists()]
+    why = fold_files.unusable_weights(needed)
+    if not why and "model" not in saved and ckpt.weights_metadata(last).get("epoch") != str(fs["epoch"]):
+        why = f"{last} is not of the saved epoch {fs['epoch']}"
+    return why
 
 
 def _why_not_resume(saved: dict, cfg: TrainConfig, inputs: dict[str, str]) -> str:
