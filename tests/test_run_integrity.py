@@ -74,7 +74,8 @@ def test_a_fresh_start_leaves_nothing_of_the_old_run(demo_data, tmp_path, capsys
     (fold / ".history.csv.x1y2.tmp").write_text("half-written by a killed run")
     real = fit.summary
     monkeypatch.setattr(fit, "summary", lambda *a, **k: {**real(*a, **k), "weighted_r2": float("nan")})
-    with pytest.raises(UserError, match="fold 0: no epoch gave a finite validation weighted_r2 in 1 epochs"):
+    with pytest.raises(UserError, match=r"fold 0: single diverged at epoch 0 \(validation weighted_r2 nan\), with no finite "
+                                        "epoch before it"):
         run_module.run(_cfg(demo_data, out, resume=False))
     left = {p.name for p in fold.iterdir()}
     assert not left & {"best.safetensors", "config.yaml", "oof.parquet", "metrics.json", ".history.csv.x1y2.tmp"}, left
