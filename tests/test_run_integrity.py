@@ -74,7 +74,8 @@ def test_a_fresh_start_leaves_nothing_of_the_old_run(demo_data, tmp_path, capsys
     (fold / ".history.csv.x1y2.tmp").write_text("half-written by a killed run")
     real = fit.summary
     monkeypatch.setattr(fit, "summary", lambda *a, **k: {**real(*a, **k), "weighted_r2": float("nan")})
-    with pytest.raises(UserError, match="fold 0: no epoch gave a finite validation weighted_r2 in 1 epochs"):
+    with pytest.raises(UserError, match=r"fold 0: single diverged at epoch 0 \(validation weighted_r2 nan\), with no finite "
+                                        "epoch before it"):
         run_module.run(_cfg(demo_data, out, resume=False))
     left = {p.name for p in fold.iterdir()}
     assert not left & {"best.safetensors", "config.yaml", "oof.parquet", "metrics.json", ".history.csv.x1y2.tmp"}, left
@@ -105,15 +106,20 @@ def test_one_trainer_per_fold_and_a_killed_ones_lock_is_free(demo_data, tmp_path
     assert (out / "fold0/metrics.json").exists()
 
 
-@pytest.mark.parametrize("damage", ["cut", "empty"])
-def test_a_damaged_resume_state_starts_the_fold_over_and_says_so(demo_data, tmp_path, capsys, damage):
+@pytest.mark.parametrize("name, damage", [("last_state.pt", "cut"), ("last_state.pt", "empty"),
+                                           ("last.safetensors", "cut"), ("last.safetensors", "empty"),
+                                           ("best.safetensors", "cut")])  # fmt: skip
+def test_a_damaged_resume_file_starts_the_fold_over_and_says_so(demo_data, tmp_path, capsys, name, damage):
+    """A finished fold's resume state, or the weights it rests on (a finished fold's state holds
+    none: last.safetensors; and its result, best.safetensors): one line, and the fold is retrained."""
     out = tmp_path / "m"
     _train(demo_data, out, capsys)
-    state = out / "fold0/last_state.pt"
-    data = state.read_bytes()
-    state.write_bytes(data[: len(data) // 2] if damage == "cut" else b"")
+    path = out / "fold0" / name
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2] if damage == "cut" else b"")
     said = _train(demo_data, out, capsys)
-    assert f"fold 0: {state} is damaged (" in said and ": starting over" in said
+    assert f"fold 0: {path} is damaged (" in said and ": starting over" in said, said
+    assert len(path.read_bytes()) > len(data) // 2 and (out / "fold0/metrics.json").exists()
     assert "resuming after epoch 1" in _train(demo_data, out, capsys)
 
 

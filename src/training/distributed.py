@@ -96,6 +96,15 @@ def all_equal_check(info: DistInfo, value: float) -> None:
         raise RuntimeError(f"DDP ranks disagree on validation score ({float(lo)} vs {float(hi)})")
 
 
+def any_rank(info: DistInfo, flag: bool) -> bool:
+    """True on every rank when it is True on any: a decision that all ranks must take together."""
+    if not info.distributed:
+        return flag
+    t = torch.tensor([float(flag)], device=info.device if info.device.type == "cuda" else "cpu")
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
 def sum_across_ranks(t: torch.Tensor, info: DistInfo, chunk_mib: int = 256) -> None:
     """In-place sum of a contiguous CPU tensor over all ranks. It goes through the device in chunks
     because nccl only reduces CUDA tensors; bool travels as uint8, which every backend sums."""

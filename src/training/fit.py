@@ -6,6 +6,10 @@ weighted R^2 over both stages), ``last.safetensors`` + ``last_state.pt`` (resume
 ``epoch_preds.parquet`` (every epoch's validation predictions: the model's merge scores each fold
 at an epoch chosen on the other folds, ``src.oof``) and ``metrics.json`` (written when the fold is
 finished).
+
+An epoch with a non-finite training loss, weight or validation score ends the fold (no later epoch
+or stage) and nothing of it is kept: the fold finishes with its best finite epoch, or, with none,
+stops with a UserError.
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ from src.targets import SHORT, TARGETS
 from src.training import checkpoint as ckpt
 from src.training import cpu_budget, fold_files
 from src.training.averaging import TopK, make_ema
-from src.training.distributed import DistInfo, all_equal_check, barrier
+from src.training.distributed import DistInfo, all_equal_check, any_rank, barrier
 from src.training.engine import evaluate, train_one_epoch
 from src.training.feature_cache import CachedBatches, CachedValidation, FeatureCache
 from src.training.monitor import Hints
@@ -78,6 +82,7 @@ class FoldState:
     history: list = field(default_factory=list)
     top: list = field(default_factory=list)  # [score, epoch] of the last stage's best epochs (--swa-top-k)
     swa: dict = field(default_factory=dict)  # the averaged weights' epochs and scores, once computed
+    diverged: dict = field(default_factory=dict)  # {"what", "fix"} of the epoch that ended the fold non-finite
 
 
 def _build_feature_caches(model, cfg, info, train_ds, val_ds, batch_size):
@@ -186,10 +191,7 @@ def train_fold(cfg: TrainConfig, info: DistInfo, images: pd.DataFrame, folds: pd
 
     state, resume_opt = FoldState(), None
     last_w, last_s = fold_dir / "last.safetensors", fold_dir / "last_state.pt"
-    saved, why = fold_files.saved_state(fold_dir) if cfg.resume else (None, "")
-    if saved is not None:
-        why = _why_not_resume(saved, cfg, inputs)
-        saved = None if why else saved
+    saved, why = _resume_point(fold_dir, cfg, inputs) if cfg.resume else (None, "")
     if saved is None:
         # A fresh start leaves nothing of an earlier run in the folder: no old best, OOF or config
         # can be mistaken for this run's.
@@ -202,11 +204,8 @@ def train_fold(cfg: TrainConfig, info: DistInfo, images: pd.DataFrame, folds: pd
     else:
         if "model" in saved:  # last_state.pt is the one commit point: a kill between two files cannot split it
             model.load_state_dict(saved["model"], strict=True)
-        elif last_w.exists() and ckpt.weights_metadata(last_w).get("epoch") == str(saved["fold_state"]["epoch"]):
-            ckpt.load_weights(model, last_w)  # a finished fold keeps no weights in its small state file
         else:
-            raise UserError(f"{fold_dir}: last_state.pt holds no weights and last.safetensors is missing or from another "
-                            "epoch; delete last_state.pt to restart the fold")
+            ckpt.load_weights(model, last_w)  # a finished fold keeps no weights in its small state file
         state = FoldState(**saved["fold_state"])
         resume_opt = saved
         if info.is_main:
@@ -256,15 +255,18 @@ def train_fold(cfg: TrainConfig, info: DistInfo, images: pd.DataFrame, folds: pd
                 ema=ema,
             )
             judged = model if ema is None else ema.module  # what is validated is what is saved
-            val_out, val_loss = evaluate(judged, val_batches, criterion, info.device)
-            scores = summary(val[list(TARGETS)].to_numpy(), val_out["pred"], val["State"].to_numpy())
+            val_out, val_loss, scores, why = _validate(model, judged, train_loss, val, val_batches, criterion, info)
+            if why:  # nothing of this epoch is kept, and no later epoch or stage runs
+                state.diverged = {"what": f"{stage.name} diverged at epoch {state.epoch} ({why})",
+                                  "fix": _divergence_fix(cfg, stage)}  # fmt: skip
+                break
             row = {"epoch": state.epoch, "stage": stage.name, **{f"lr_{k}": v for k, v in current_lrs(optimizer).items()},
                    **{f"train_{k}" if k != "loss" else "train_loss": v for k, v in train_loss.items()},
                    **{f"val_{k}" if k != "loss" else "val_loss": v for k, v in val_loss.items()}, **scores}
             state.history.append(row)
             epoch_preds.append(oof_frame(val, fold, val_out)[["image_id", "fold", "State", *TRUE, *PRED]].assign(
                 epoch=state.epoch, stage=stage.name, stage_epoch=state.stage_epoch))
-            score = scores["weighted_r2"] if np.isfinite(scores["weighted_r2"]) else float("-inf")
+            score = scores["weighted_r2"]  # finite: _validate saw to it
             all_equal_check(info, score)
             if info.is_main:
                 parts = [k[len("train_"):] for k in row if k.startswith("train_") and k != "train_loss"]
@@ -276,7 +278,7 @@ def train_fold(cfg: TrainConfig, info: DistInfo, images: pd.DataFrame, folds: pd
                 if info.is_main:
                     ckpt.save_weights(judged, fold_dir / "best.safetensors", cfg, extras)
                     write_parquet(fold_dir / "oof.parquet", oof_frame(val, fold, val_out))
-            if si == last_stage and np.isfinite(score):
+            if si == last_stage:
                 top.offer(score, state.epoch, judged, info.is_main)
             if score > state.stage_best:
                 state.stage_best, state.bad_epochs = score, 0
@@ -308,22 +310,73 @@ def train_fold(cfg: TrainConfig, info: DistInfo, images: pd.DataFrame, folds: pd
                 if info.is_main:
                     print(f"fold {fold}: no weighted_r2 gain for {stage.patience} epochs, leaving {stage.name}", flush=True)
                 break
-    if top.active and len(top.kept) > 1 and not state.swa:
+        if state.diverged:
+            _end_at_last_finite_epoch(state, len(stages))
+            break
+    if state.best_epoch < 0:  # nothing is committed: a resume starts over
+        raise UserError(_outcome(fold, state) + f". {fold_dir} has no best.safetensors, OOF or metrics.json")
+    if top.active and len(top.kept) > 1 and not state.swa and not state.diverged:  # diverged: keep the best epoch
         _average_top_k(model, top, state, cfg, info, val, val_loader, criterion, fold, extras)
     result = fold_metrics(fold_dir, state)
     if info.is_main:
         # A finished fold needs no optimiser state to resume (it has nothing left to do): keep it small.
         ckpt.save_state(last_s, {"fold_state": state.__dict__, "config": cfg.to_dict(), "inputs": inputs})
     top.clear(info.is_main)  # after the commit: a kill before it redoes the average from the files
-    if state.best_epoch < 0:
-        raise UserError(f"fold {fold}: no epoch gave a finite validation weighted_r2 in {state.epoch} epochs (the loss "
-                        f"diverged?); lower --lr / --backbone-lr. {fold_dir} has no best.safetensors, OOF or metrics.json")
     if info.is_main:
         write_json(fold_dir / "metrics.json", result)
-        saved = f"; saved: the average of epochs {state.swa['epochs']} ({state.swa['weighted_r2']:.4f})" if state.swa else ""
-        print(f"fold {fold}: best weighted_r2 {state.best:.4f} at epoch {state.best_epoch}{saved}", flush=True)
+        print(_outcome(fold, state), flush=True)
     barrier(info)
     return result
+
+
+def nonfinite_weights(*models: torch.nn.Module) -> bool:
+    """Whether any floating-point weight or buffer of these models holds a NaN or inf (one device sync)."""
+    bad = [~torch.isfinite(t).all() for m in dict.fromkeys(models) for t in m.state_dict().values() if t.is_floating_point()]
+    return bool(torch.stack(bad).any()) if bad else False
+
+
+def _validate(model, judged, train_loss: dict, val: pd.DataFrame, val_batches, criterion,
+              info: DistInfo) -> tuple[dict, dict, dict, str]:  # fmt: skip
+    """The epoch's validation outputs, loss and scores, and why the epoch diverged ('' when it did not):
+    a non-finite training loss (the epoch's sum: any step's NaN or inf reaches it; then nothing is
+    validated), non-finite weights, or a non-finite validation weighted_r2. All ranks decide alike."""
+    val_out, val_loss, scores, why = {}, {}, {}, ""
+    if not np.isfinite(train_loss["loss"]):  # averaged over the ranks: the same on each
+        why = f"train loss {train_loss['loss']}"
+    elif nonfinite_weights(model, judged):
+        why = "non-finite weights"
+    else:
+        val_out, val_loss = evaluate(judged, val_batches, criterion, info.device)
+        scores = summary(val[list(TARGETS)].to_numpy(), val_out["pred"], val["State"].to_numpy())
+        why = "" if np.isfinite(scores["weighted_r2"]) else f"validation weighted_r2 {scores['weighted_r2']}"
+    if any_rank(info, bool(why)):
+        return val_out, val_loss, scores, why or "non-finite on another DDP rank"
+    return val_out, val_loss, scores, ""
+
+
+def _end_at_last_finite_epoch(state: FoldState, n_stages: int) -> None:
+    """A diverged fold is finished: no later epoch or stage runs, and its counters are its last finite epoch's."""
+    state.stage, state.stage_epoch, state.updates = n_stages, 0, 0
+    if not any(row["stage"] == "stage2" for row in state.history):
+        state.stage2_start = -1  # Stage 2 diverged in its first epoch: none of it is kept
+
+
+def _divergence_fix(cfg: TrainConfig, stage: Stage) -> str:
+    lrs = f"--backbone-lr ({cfg.backbone_lr:g}) or --lr ({cfg.lr:g})" if stage.train_backbone else f"--lr ({cfg.lr:g})"
+    return f"lower {lrs}" + (", or set --grad-clip 1" if cfg.grad_clip <= 0 else "")
+
+
+def _outcome(fold: int, state: FoldState) -> str:
+    """The fold's last line: its best epoch, or the divergence that ended it and what it kept."""
+    if not state.diverged:
+        if state.best_epoch < 0:  # a run saved before divergence stopped a fold
+            return f"fold {fold}: no epoch gave a finite validation weighted_r2 in {state.epoch} epochs; lower --lr / --backbone-lr"
+        saved = f"; saved: the average of epochs {state.swa['epochs']} ({state.swa['weighted_r2']:.4f})" if state.swa else ""
+        return f"fold {fold}: best weighted_r2 {state.best:.4f} at epoch {state.best_epoch}{saved}"
+    what, fix = state.diverged["what"], state.diverged["fix"]
+    if state.best_epoch < 0:
+        return f"fold {fold}: {what}, with no finite epoch before it; {fix}"
+    return f"fold {fold}: {what}; keeping the best finite epoch {state.best_epoch} (weighted_r2 {state.best:.4f}); {fix}"
 
 
 def _average_top_k(model, top: TopK, state: FoldState, cfg: TrainConfig, info: DistInfo, val: pd.DataFrame, val_loader,
@@ -352,6 +405,28 @@ def _saved_epoch_preds(fold_dir: Path, epochs: int) -> list[pd.DataFrame]:
         raise UserError(f"{path} is missing beside last_state.pt; delete last_state.pt to restart the fold")
     df = pd.read_parquet(path)
     return [df[df["epoch"] < epochs]]
+
+
+def _resume_point(fold_dir: Path, cfg: TrainConfig, inputs: dict[str, str]) -> tuple[dict | None, str]:
+    """The saved state this run goes on from, or None and why not ('' when there is none): a damaged
+    last_state.pt, other settings or inputs, or a damaged or missing weights file the state rests on."""
+    saved, why = fold_files.saved_state(fold_dir)
+    if saved is not None:
+        why = _why_not_resume(saved, cfg, inputs) or _why_not_weights(fold_dir, saved)
+    return (None if why else saved), why
+
+
+def _why_not_weights(fold_dir: Path, saved: dict) -> str:
+    """A finished fold's state holds no weights: they are last.safetensors, of the state's epoch.
+    best.safetensors is the fold's result, which a later stage starts from; SWA's kept epochs are averaged."""
+    fs, last = saved["fold_state"], fold_dir / "last.safetensors"
+    needed = [] if "model" in saved else [last]
+    needed += [fold_dir / "best.safetensors"] if fs.get("best_epoch", -1) >= 0 else []
+    needed += [p for _, e in fs.get("top", []) if (p := TopK(fold_dir, 0, []).path(e)).exists()]
+    why = fold_files.unusable_weights(needed)
+    if not why and "model" not in saved and ckpt.weights_metadata(last).get("epoch") != str(fs["epoch"]):
+        why = f"{last} is not of the saved epoch {fs['epoch']}"
+    return why
 
 
 def _why_not_resume(saved: dict, cfg: TrainConfig, inputs: dict[str, str]) -> str:

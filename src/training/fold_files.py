@@ -71,6 +71,23 @@ def saved_state(fold_dir: Path, key: str = "fold_state") -> tuple[dict | None, s
         if not isinstance(state, dict) or key not in state:
             raise ValueError(f"no {key} in it")
     except Exception as exc:  # torch raises several types for a cut or empty file
-        first = (str(exc).splitlines() or [type(exc).__name__])[0][:120]
-        return None, f"{path} is damaged ({first})"
+        return None, f"{path} is damaged ({_first_line(exc)})"
     return state, ""
+
+
+def unusable_weights(paths: list[Path]) -> str:
+    """Why the first of these weights files cannot be used ('' when all can): missing, or damaged
+    (cut, empty, overwritten: safetensors checks that its header covers the whole file). Reads the
+    headers only, so it costs nothing next to the weights."""
+    for path in paths:
+        if not Path(path).exists():
+            return f"{path} is missing"
+        try:
+            ckpt.weights_metadata(path)
+        except Exception as exc:  # SafetensorError, or an OSError for an unreadable file
+            return f"{path} is damaged ({_first_line(exc)})"
+    return ""
+
+
+def _first_line(exc: Exception) -> str:
+    return (str(exc).splitlines() or [type(exc).__name__])[0][:120]
