@@ -36,6 +36,7 @@ rule image_cache:
         f"{RESULTS}/benchmarks/image_cache/{{res}}_{{split}}.tsv"
     conda:
         "../envs/pipeline.yaml"
+    threads: 1  # one process decodes the photos in turn
     params:
         data=lambda wc, input: os.path.dirname(input[0]),
         size=lambda wc: wc.res.split("_")[0],

@@ -28,6 +28,7 @@ rule depth_cache:
         f"{RESULTS}/benchmarks/depth/{{size}}_{{split}}.tsv"
     conda:
         "../envs/pipeline.yaml"
+    threads: config["train"]["threads"]  # torch's threads when it runs on the CPU
     resources:
         gpu=config["depth"].get("gpus", 0),
     params:
@@ -37,6 +38,6 @@ rule depth_cache:
         size=lambda wc: wc.size.split("_")[0],
         prep=lambda wc: prep_flags(wc.size),
     shell:
-        "python -m src.depth_cache --data-dir {params.data:q} --split {wildcards.split} --model-size {params.size} "
+        "OMP_NUM_THREADS={threads} python -m src.depth_cache --data-dir {params.data:q} --split {wildcards.split} --model-size {params.size} "
         "--model {params.model:q} --backend {params.d[backend]} --resolution {params.d[resolution]} "
         "--batch-size {params.d[batch_size]} {params.prep:q} --out {output:q} > {log:q} 2>&1"
