@@ -290,6 +290,13 @@ def test_pipeline_runs_and_round_trips_through_dvc(repo, tmp_path):
     _snake("--touch", "--configfile", "config/roundtrip.yaml", cwd=clone)
     dry = _snake("-n", "--configfile", "config/roundtrip.yaml", cwd=clone)
     assert "Nothing to be done" in dry.stdout + dry.stderr
+    # A changed source file reruns the jobs that run it: the trainer's, not the folds' or the caches'.
+    optim = clone / "src/training/optim.py"
+    optim.write_text(optim.read_text() + "\n")
+    dry = _snake("-n", "--configfile", "config/roundtrip.yaml", cwd=clone)
+    planned = dry.stdout + dry.stderr
+    assert "rule train:" in planned and "rule predict:" in planned, planned[-2000:]
+    assert not any(f"rule {r}:" in planned for r in ("folds", "image_cache", "depth_cache", "demo_data")), planned[-3000:]
 
     # A result matches its inputs: new folds retrain every fold, although the train jobs pass --resume
     # and each fold's saved state is there.

@@ -12,6 +12,7 @@ sys.path.insert(0, str(REPO))  # the src package, from the repository root
 # The jobs' `python -m src...` too, whatever the working directory (--directory .test, cluster jobs).
 shell.prefix(f"export PYTHONPATH={shlex.quote(str(REPO))}:$PYTHONPATH; ")
 
+from src.code_inputs import files_of  # noqa: E402
 from src.config import DEPTH_HUB_IDS, default_of, from_dict, load_yaml, to_argv  # noqa: E402
 from src.data.photo_prep import PhotoPrep  # noqa: E402
 from src.errors import UserError  # noqa: E402
@@ -149,6 +150,13 @@ def image_cache(model):
 def prep_flags(folder):
     """The photo-cleaning flags of a cache folder name (its PhotoPrep.tag)."""
     return PhotoPrep.from_tag(folder).flags()
+
+
+def code_of(module):
+    """The project's source files ``python -m module`` runs, as a rule's inputs: a change in one reruns
+    the jobs that run it (Snakemake's code trigger sees only run: blocks), relative to the working
+    directory as every path here."""
+    return [os.path.relpath(REPO / f) for f in files_of(module)]
 
 
 def fold_done(model, fold):

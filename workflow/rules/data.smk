@@ -3,6 +3,8 @@
 if "demo_data" in config:
 
     rule demo_data:
+        input:
+            code=code_of("src.synth"),
         output:
             train=f"{DATA}/train.csv",
             test=f"{DATA}/test.csv",
@@ -25,6 +27,7 @@ if "demo_data" in config:
 rule image_cache:
     input:
         f"{DATA}/{{split}}.csv",
+        code=code_of("src.image_cache"),
     output:
         # Kept, not temp(): a cache rebuilt for a model added later would make every model that read
         # it retrain ("input updated by another job"). dvc.yaml versions it with the models.
@@ -50,6 +53,7 @@ rule image_cache:
 rule folds:
     input:
         f"{DATA}/train.csv",
+        code=code_of("src.make_folds"),
     output:
         FOLD_CSV,
     log:

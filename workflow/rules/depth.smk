@@ -3,6 +3,8 @@
 if config["depth"]["model"] == "tiny":
 
     rule tiny_depth_model:
+        input:
+            code=code_of("src.depth_cache"),
         output:
             directory(TINY_DEPTH),
         log:
@@ -19,6 +21,7 @@ rule depth_cache:
     input:
         csv=f"{DATA}/{{split}}.csv",
         model=[TINY_DEPTH] if config["depth"]["model"] == "tiny" else [],
+        code=code_of("src.depth_cache"),
     output:
         # kept and versioned, as the image caches are (see data.smk)
         f"{RESULTS}/depth/{{size}}/{{split}}.safetensors",
