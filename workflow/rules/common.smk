@@ -1,9 +1,11 @@
 # Helpers shared by the rules: config validation (before any job starts), paths, trainer flags.
+import functools
 import os
 import shlex
 import sys
 from pathlib import Path
 
+import pandas as pd
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
@@ -150,6 +152,19 @@ def image_cache(model):
 def prep_flags(folder):
     """The photo-cleaning flags of a cache folder name (its PhotoPrep.tag)."""
     return PhotoPrep.from_tag(folder).flags()
+
+
+@functools.cache
+def photos(split):
+    """The photos of a split (its CSV's image paths) as inputs of the rules that read them, so a
+    replaced photo reruns exactly those; none while the CSV does not exist yet (the demo makes its
+    data in a job) or cannot be read (the job that reads it then says why). The caches also record
+    the photos' hashes and refuse to serve changed ones, whatever their file times."""
+    try:
+        paths = pd.read_csv(Path(DATA, f"{split}.csv"), usecols=["image_path"])["image_path"]
+    except (OSError, ValueError):
+        return []
+    return [os.path.join(DATA, p) for p in dict.fromkeys(paths.astype(str))]
 
 
 def code_of(module):

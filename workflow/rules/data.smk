@@ -28,6 +28,7 @@ rule image_cache:
     input:
         f"{DATA}/{{split}}.csv",
         code=code_of("src.image_cache"),
+        photos=lambda wc: photos(wc.split),
     output:
         # Kept, not temp(): a cache rebuilt for a model added later would make every model that read
         # it retrain ("input updated by another job"). dvc.yaml versions it with the models.

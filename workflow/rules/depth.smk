@@ -22,6 +22,7 @@ rule depth_cache:
         csv=f"{DATA}/{{split}}.csv",
         model=[TINY_DEPTH] if config["depth"]["model"] == "tiny" else [],
         code=code_of("src.depth_cache"),
+        photos=lambda wc: photos(wc.split),
     output:
         # kept and versioned, as the image caches are (see data.smk)
         f"{RESULTS}/depth/{{size}}/{{split}}.safetensors",

@@ -10,6 +10,7 @@ rule predict_folds:
         depth=lambda wc: depth_caches(wc.model, "test"),
         test=f"{DATA}/test.csv",
         code=code_of("src.predict"),
+        photos=lambda wc: photos("test"),
     output:
         f"{RESULTS}/models/{{model}}/test_pred_folds.parquet",
     log:
@@ -67,6 +68,7 @@ use rule train as train_round2 with:
         images=lambda wc: image_cache(wc.model),
         pseudo=f"{ROUND2}/pseudo/fold{{fold}}.csv",
         code=code_of("src.dinov3_train"),
+        photos=lambda wc: photos("train") + photos("test"),
     output:
         f"{ROUND2}/models/{{model}}/fold{{fold}}/metrics.json",
     log:
@@ -99,6 +101,7 @@ use rule predict as predict_round2 with:
         depth=lambda wc: depth_caches(wc.model, "test"),
         test=f"{DATA}/test.csv",
         code=code_of("src.predict"),
+        photos=lambda wc: photos("test"),
     output:
         pred=f"{ROUND2}/models/{{model}}/test_pred.parquet",
         sub=f"{ROUND2}/models/{{model}}/submission.csv",
@@ -154,6 +157,7 @@ rule refit:
         images=lambda wc: image_cache(wc.model),
         cv=lambda wc: [fold_done(wc.model, k) for k in FOLDS],  # their history.csv sets the epochs,
         code=code_of("src.dinov3_train"),
+        photos=lambda wc: photos("train"),
     output:
         f"{RESULTS}/refit/{{model}}/full/metrics.json",
     log:
@@ -187,6 +191,7 @@ rule refit_check:
         images=lambda wc: image_cache(wc.model),
         cv=lambda wc: [fold_done(wc.model, k) for k in FOLDS if k != int(wc.fold)],  # their history.csv sets the epochs,
         code=code_of("src.dinov3_train"),
+        photos=lambda wc: photos("train"),
     output:
         f"{RESULTS}/refit_check/{{model}}/fold{{fold}}/metrics.json",
     log:
@@ -229,6 +234,7 @@ use rule predict as predict_refit with:
         depth=lambda wc: depth_caches(wc.model, "test"),
         test=f"{DATA}/test.csv",
         code=code_of("src.predict"),
+        photos=lambda wc: photos("test"),
     output:
         pred=f"{RESULTS}/refit/{{model}}/test_pred.parquet",
         sub=f"{RESULTS}/refit/{{model}}/submission.csv",
@@ -247,6 +253,7 @@ use rule refit as refit_round2 with:
         cv=lambda wc: [f"{ROUND2}/models/{wc.model}/fold{k}/metrics.json" for k in FOLDS],
         pseudo=f"{ROUND2}/pseudo/all.csv",
         code=code_of("src.dinov3_train"),
+        photos=lambda wc: photos("train") + photos("test"),
     output:
         f"{ROUND2}/refit/{{model}}/full/metrics.json",
     log:
@@ -267,6 +274,7 @@ use rule predict as predict_refit_round2 with:
         depth=lambda wc: depth_caches(wc.model, "test"),
         test=f"{DATA}/test.csv",
         code=code_of("src.predict"),
+        photos=lambda wc: photos("test"),
     output:
         pred=f"{ROUND2}/refit/{{model}}/test_pred.parquet",
         sub=f"{ROUND2}/refit/{{model}}/submission.csv",

@@ -10,6 +10,7 @@ rule train:
         depth=lambda wc: depth_caches(wc.model, "train"),
         images=lambda wc: image_cache(wc.model),
         code=code_of("src.dinov3_train"),
+        photos=lambda wc: photos("train"),
     output:
         f"{RESULTS}/models/{{model}}/fold{{fold}}/metrics.json",
     log:
@@ -58,6 +59,7 @@ rule predict:
         depth=lambda wc: depth_caches(wc.model, "test"),
         test=f"{DATA}/test.csv",
         code=code_of("src.predict"),
+        photos=lambda wc: photos("test"),
     output:
         pred=f"{RESULTS}/models/{{model}}/test_pred.parquet",
         sub=f"{RESULTS}/models/{{model}}/submission.csv",
