@@ -19,6 +19,7 @@ Writes into the output folder (dvc.yaml declares it; git keeps it, `cache: false
 from __future__ import annotations
 
 import math
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -97,6 +98,9 @@ def write_dvc_metrics(results: str | Path, models: list[str], out_dir: str | Pat
     scatter = pred_vs_true(ensemble if ensemble is not None else oofs[ranked[0]])
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.", suffix=".tmp"))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; the folder is shared like any other output
     try:
         write_json(tmp / "models.json", scores)
         for sub, frames in (("curves", curves), ("pred_vs_true", scatter)):

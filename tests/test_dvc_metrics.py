@@ -2,6 +2,7 @@
 learning curve averages the folds, the scatter is the ensemble's OOF, a rerun replaces the folder."""
 
 import json
+import os
 
 import numpy as np
 import pandas as pd
@@ -45,6 +46,9 @@ def test_scores_match_the_report_table_and_the_best_is_the_ensemble(results):
         assert scores[name]["weighted_r2"] == pytest.approx(table.loc[name, "weighted_r2"])
     assert scores["ensemble"]["weighted_r2"] > scores["good"]["weighted_r2"] > scores["poor"]["weighted_r2"]
     assert "submission" not in scores  # no final rule yet
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o777 & ~umask  # as any folder made here: not mkdtemp's 0700
 
 
 def test_the_submissions_scores_after_every_step_are_a_metric(results):

@@ -269,6 +269,21 @@ def test_pipeline_runs_and_round_trips_through_dvc(repo, tmp_path):
     assert "output: results/models/ema/fold0/metrics.json" in more and "src.image_cache" not in more
     assert not any(f"output: results/models/{m}/fold" in more for m in cfg["models"]), more[-3000:]
 
+    # A photo is an input of what reads it: one test photo mirrored in place reruns the test-side
+    # jobs (its depth cache, the predictions and what follows), no training and no training cache.
+    test_photo = repo / "data/raw" / pd.read_csv(repo / "data/raw/test.csv")["image_path"].iloc[0]
+    original, times = test_photo.read_bytes(), test_photo.stat()
+    from PIL import Image
+
+    Image.open(test_photo).transpose(Image.FLIP_LEFT_RIGHT).save(test_photo, quality=90)
+    planned = _snake("-n", "--configfile", "config/roundtrip.yaml", cwd=repo)
+    planned = planned.stdout + planned.stderr
+    assert "rule predict:" in planned and "wildcards: size=small, split=test" in planned, planned[-3000:]
+    assert not any(f"rule {r}:" in planned for r in ("train", "image_cache", "folds")), planned[-3000:]
+    assert "split=train" not in planned
+    test_photo.write_bytes(original)
+    os.utime(test_photo, ns=(times.st_atime_ns, times.st_mtime_ns))
+
     (repo / "src/__pycache__").mkdir(exist_ok=True)
     (repo / "src/__pycache__/stray.cpython-311.pyc").write_bytes(b"\0")  # .dvcignore: not a change of src/
     assert "up to date" in _dvc("status", cwd=repo).stdout
@@ -290,6 +305,13 @@ def test_pipeline_runs_and_round_trips_through_dvc(repo, tmp_path):
     _snake("--touch", "--configfile", "config/roundtrip.yaml", cwd=clone)
     dry = _snake("-n", "--configfile", "config/roundtrip.yaml", cwd=clone)
     assert "Nothing to be done" in dry.stdout + dry.stderr
+    # A changed source file reruns the jobs that run it: the trainer's, not the folds' or the caches'.
+    optim = clone / "src/training/optim.py"
+    optim.write_text(optim.read_text() + "\n")
+    dry = _snake("-n", "--configfile", "config/roundtrip.yaml", cwd=clone)
+    planned = dry.stdout + dry.stderr
+    assert "rule train:" in planned and "rule predict:" in planned, planned[-2000:]
+    assert not any(f"rule {r}:" in planned for r in ("folds", "image_cache", "depth_cache", "demo_data")), planned[-3000:]
 
     # A result matches its inputs: new folds retrain every fold, although the train jobs pass --resume
     # and each fold's saved state is there.

@@ -19,6 +19,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from src.data.fingerprint import files_hash, split_photos_hash
 from src.data.photo_prep import PhotoPrep
 from src.data.photos import read_rgb
 from src.data.schema import load_test, load_train
@@ -67,7 +68,7 @@ def build_cache(data_dir, split: str, model: str, out, *, backend: str = "torchv
     data_dir, out = Path(data_dir), Path(out)
     images = load_train(data_dir) if split == "train" else load_test(data_dir)
     ids = images["image_id"].tolist()
-    want = _settings(model, backend, resolution, prep)
+    want = {**_settings(model, backend, resolution, prep), "photos": files_hash(data_dir, images["image_path"])}
     if out.exists() and not _mismatch(read_metadata(out), want) and json.loads(read_metadata(out)["image_ids"]) == ids:
         print(f"{out}: up to date ({len(ids)} images, {model})")
         return None
@@ -134,8 +135,9 @@ def print_correlations(report: dict) -> None:
 
 
 def load_cache(path, image_ids: list[str], *, model: str, backend: str, resolution: int, command: str,
-               prep: PhotoPrep = PhotoPrep()) -> np.ndarray:  # fmt: skip
-    """Normalised depth (len(image_ids), 2, R, R) float16 in the order of ``image_ids``."""
+               prep: PhotoPrep = PhotoPrep(), photos: str | None = None) -> np.ndarray:  # fmt: skip
+    """Normalised depth (len(image_ids), 2, R, R) float16 in the order of ``image_ids``; ``photos``:
+    the split's photos now (``split_photos_hash``), which the cache must have been built from."""
     path = Path(path)
     if not path.exists():
         raise UserError(f"depth cache {path} not found; build it with: {command}")
@@ -143,6 +145,9 @@ def load_cache(path, image_ids: list[str], *, model: str, backend: str, resoluti
     bad = _mismatch(meta, _settings(model, backend, resolution, prep))
     if bad:
         raise UserError(f"depth cache {path} was made with other settings: {'; '.join(bad)}; rebuild it with: {command}")
+    if photos is not None and meta.get("photos") != photos:
+        raise UserError(f"depth cache {path} was built from other photos (one was replaced or changed since); rebuild "
+                        f"it with: {command}")  # fmt: skip
     index = {i: k for k, i in enumerate(json.loads(meta["image_ids"]))}
     missing = [i for i in image_ids if i not in index]
     if missing:
@@ -161,7 +166,8 @@ def load_for_config(cfg, split: str, image_ids: list[str]) -> np.ndarray | None:
     command = build_command(cfg.data_dir, split, cfg.depth_model_size, path, cfg.depth_model, cfg.depth_backend,
                             cfg.depth_resolution, prep)  # fmt: skip
     return load_cache(path, image_ids, model=depth_anything.model_id(cfg.depth_model_size, cfg.depth_model),
-                      backend=cfg.depth_backend, resolution=cfg.depth_resolution, command=command, prep=prep)  # fmt: skip
+                      backend=cfg.depth_backend, resolution=cfg.depth_resolution, command=command, prep=prep,
+                      photos=split_photos_hash(cfg.data_dir, split))  # fmt: skip
 
 
 def depth_key(cfg) -> tuple:

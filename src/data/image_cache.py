@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from src.data.fingerprint import files_hash, split_photos_hash
 from src.data.photo_prep import PhotoPrep
 from src.data.photos import read_rgb
 from src.data.schema import load_test, load_train
@@ -50,7 +51,8 @@ def build(data_dir, split: str, size: int, out, pad: bool = False, prep: PhotoPr
     """Write the cache; returns False when a matching one already exists."""
     data_dir, out = Path(data_dir), Path(out)
     images = load_train(data_dir) if split == "train" else load_test(data_dir)
-    meta = {"format": FORMAT, "size": size, "pad": pad, "prep": prep.settings(), "image_ids": images["image_id"].tolist()}
+    meta = {"format": FORMAT, "size": size, "pad": pad, "prep": prep.settings(), "image_ids": images["image_id"].tolist(),
+            "photos": files_hash(data_dir, images["image_path"])}  # a replaced photo makes it stale
     if out.exists() and _meta_path(out).exists() and json.loads(_meta_path(out).read_text()) == meta:
         print(f"{out}: up to date ({len(images)} images)")
         return False
@@ -66,8 +68,9 @@ def build(data_dir, split: str, size: int, out, pad: bool = False, prep: PhotoPr
 
 
 def load(path, image_ids: list[str], size: int, pad: bool, command: str,
-         prep: PhotoPrep = PhotoPrep()) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
-    """A read-only memory map (N, 2, S, S, 3) and, per wanted image, its row in it."""
+         prep: PhotoPrep = PhotoPrep(), photos: str | None = None) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """A read-only memory map (N, 2, S, S, 3) and, per wanted image, its row in it; ``photos``: the
+    split's photos now (``split_photos_hash``), which the cache must have been built from."""
     path = Path(path)
     if not path.exists() or not _meta_path(path).exists():
         raise UserError(f"image cache {path} not found; build it with: {command}")
@@ -77,6 +80,9 @@ def load(path, image_ids: list[str], size: int, pad: bool, command: str,
         raise UserError(f"image cache {path} holds {meta.get('size')}px halves (pad {meta.get('pad')}, cleaning "
                         f"{have[3]}), this run wants {size}px (pad {pad}, cleaning {prep.settings()}); rebuild it "
                         f"with: {command}")  # fmt: skip
+    if photos is not None and meta.get("photos") != photos:
+        raise UserError(f"image cache {path} was built from other photos (one was replaced or changed since); rebuild "
+                        f"it with: {command}")  # fmt: skip
     index = {i: k for k, i in enumerate(meta["image_ids"])}
     missing = [i for i in image_ids if i not in index]
     if missing:
@@ -91,7 +97,8 @@ def load_for_config(cfg, split: str, image_ids: list[str]):
     prep = PhotoPrep.of(cfg)
     path = cache_path(cfg.image_cache_dir, cfg.image_size, split, cfg.use_pad_to_square, prep)
     return load(path, image_ids, cfg.image_size, cfg.use_pad_to_square,
-                build_command(cfg.data_dir, split, cfg.image_size, cfg.use_pad_to_square, path, prep), prep)  # fmt: skip
+                build_command(cfg.data_dir, split, cfg.image_size, cfg.use_pad_to_square, path, prep), prep,
+                split_photos_hash(cfg.data_dir, split))  # fmt: skip
 
 
 MEMORY_SHARE = 4  # an in-memory cache may take a quarter of the memory available to this node's ranks

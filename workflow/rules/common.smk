@@ -1,9 +1,11 @@
 # Helpers shared by the rules: config validation (before any job starts), paths, trainer flags.
+import functools
 import os
 import shlex
 import sys
 from pathlib import Path
 
+import pandas as pd
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
@@ -12,6 +14,7 @@ sys.path.insert(0, str(REPO))  # the src package, from the repository root
 # The jobs' `python -m src...` too, whatever the working directory (--directory .test, cluster jobs).
 shell.prefix(f"export PYTHONPATH={shlex.quote(str(REPO))}:$PYTHONPATH; ")
 
+from src.code_inputs import files_of  # noqa: E402
 from src.config import DEPTH_HUB_IDS, default_of, from_dict, load_yaml, to_argv  # noqa: E402
 from src.data.photo_prep import PhotoPrep  # noqa: E402
 from src.errors import UserError  # noqa: E402
@@ -149,6 +152,26 @@ def image_cache(model):
 def prep_flags(folder):
     """The photo-cleaning flags of a cache folder name (its PhotoPrep.tag)."""
     return PhotoPrep.from_tag(folder).flags()
+
+
+@functools.cache
+def photos(split):
+    """The photos of a split (its CSV's image paths) as inputs of the rules that read them, so a
+    replaced photo reruns exactly those; none while the CSV does not exist yet (the demo makes its
+    data in a job) or cannot be read (the job that reads it then says why). The caches also record
+    the photos' hashes and refuse to serve changed ones, whatever their file times."""
+    try:
+        paths = pd.read_csv(Path(DATA, f"{split}.csv"), usecols=["image_path"])["image_path"]
+    except (OSError, ValueError):
+        return []
+    return [os.path.join(DATA, p) for p in dict.fromkeys(paths.astype(str))]
+
+
+def code_of(module):
+    """The project's source files ``python -m module`` runs, as a rule's inputs: a change in one reruns
+    the jobs that run it (Snakemake's code trigger sees only run: blocks), relative to the working
+    directory as every path here."""
+    return [os.path.relpath(REPO / f) for f in files_of(module)]
 
 
 def fold_done(model, fold):

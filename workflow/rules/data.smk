@@ -3,6 +3,8 @@
 if "demo_data" in config:
 
     rule demo_data:
+        input:
+            code=code_of("src.synth"),
         output:
             train=f"{DATA}/train.csv",
             test=f"{DATA}/test.csv",
@@ -25,6 +27,8 @@ if "demo_data" in config:
 rule image_cache:
     input:
         f"{DATA}/{{split}}.csv",
+        code=code_of("src.image_cache"),
+        photos=lambda wc: photos(wc.split),
     output:
         # Kept, not temp(): a cache rebuilt for a model added later would make every model that read
         # it retrain ("input updated by another job"). dvc.yaml versions it with the models.
@@ -36,6 +40,7 @@ rule image_cache:
         f"{RESULTS}/benchmarks/image_cache/{{res}}_{{split}}.tsv"
     conda:
         "../envs/pipeline.yaml"
+    threads: 1  # one process decodes the photos in turn
     params:
         data=lambda wc, input: os.path.dirname(input[0]),
         size=lambda wc: wc.res.split("_")[0],
@@ -49,6 +54,7 @@ rule image_cache:
 rule folds:
     input:
         f"{DATA}/train.csv",
+        code=code_of("src.make_folds"),
     output:
         FOLD_CSV,
     log:

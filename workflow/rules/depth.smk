@@ -3,6 +3,8 @@
 if config["depth"]["model"] == "tiny":
 
     rule tiny_depth_model:
+        input:
+            code=code_of("src.depth_cache"),
         output:
             directory(TINY_DEPTH),
         log:
@@ -19,6 +21,8 @@ rule depth_cache:
     input:
         csv=f"{DATA}/{{split}}.csv",
         model=[TINY_DEPTH] if config["depth"]["model"] == "tiny" else [],
+        code=code_of("src.depth_cache"),
+        photos=lambda wc: photos(wc.split),
     output:
         # kept and versioned, as the image caches are (see data.smk)
         f"{RESULTS}/depth/{{size}}/{{split}}.safetensors",
@@ -28,6 +32,7 @@ rule depth_cache:
         f"{RESULTS}/benchmarks/depth/{{size}}_{{split}}.tsv"
     conda:
         "../envs/pipeline.yaml"
+    threads: config["train"]["threads"]  # torch's threads when it runs on the CPU
     resources:
         gpu=config["depth"].get("gpus", 0),
     params:
@@ -37,6 +42,6 @@ rule depth_cache:
         size=lambda wc: wc.size.split("_")[0],
         prep=lambda wc: prep_flags(wc.size),
     shell:
-        "python -m src.depth_cache --data-dir {params.data:q} --split {wildcards.split} --model-size {params.size} "
+        "OMP_NUM_THREADS={threads} python -m src.depth_cache --data-dir {params.data:q} --split {wildcards.split} --model-size {params.size} "
         "--model {params.model:q} --backend {params.d[backend]} --resolution {params.d[resolution]} "
         "--batch-size {params.d[batch_size]} {params.prep:q} --out {output:q} > {log:q} 2>&1"

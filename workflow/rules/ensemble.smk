@@ -6,6 +6,7 @@ rule ensemble:
         oof=expand(f"{RESULTS}/models/{{model}}/oof.parquet", model=MODELS),
         pred=expand(f"{RESULTS}/models/{{model}}/test_pred.parquet", model=MODELS),
         test=f"{DATA}/test.csv",
+        code=code_of("src.ensemble"),
     output:
         sub=f"{RESULTS}/ensemble/submission.csv",
         oof=f"{RESULTS}/ensemble/oof.parquet",

@@ -13,6 +13,7 @@ rule final:
         members=final_members(),
         evidence=refit_evidence_files(),  # refit_check/<model>/oof.parquet and models/<model>/oof.parquet
         test=f"{DATA}/test.csv",
+        code=code_of("src.final"),
     output:
         sub=f"{RESULTS}/submission.csv",
         recipe=f"{RESULTS}/final/recipe.json",

@@ -9,6 +9,7 @@ rule kaggle_package:
         sub=f"{RESULTS}/submission.csv",
         folds=[fold_done(m, k) for m in MODELS for k in FOLDS],
         reqs=os.path.relpath(REPO / "requirements-kaggle.txt"),
+        code=code_of("src.kaggle_package"),
     output:
         directory(f"{RESULTS}/kaggle"),
     log:

@@ -4,6 +4,7 @@
 rule postprocess:
     input:
         oof=blend_oof(),
+        code=code_of("src.postprocess"),
     output:
         f"{RESULTS}/ensemble/postprocess.json",
     log:

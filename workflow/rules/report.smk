@@ -6,6 +6,7 @@ rule report:
         oof=expand(f"{RESULTS}/models/{{model}}/oof_metrics.json", model=MODELS),
         ensemble=f"{RESULTS}/ensemble/oof_metrics.json",
         steps=f"{RESULTS}/final/steps.json",
+        code=code_of("src.report"),
     output:
         table=f"{RESULTS}/report/model_table.csv",
         table_html=report(
@@ -40,6 +41,7 @@ rule dvc_metrics:
         oof=expand(f"{RESULTS}/models/{{model}}/oof_metrics.json", model=MODELS),
         ensemble=f"{RESULTS}/ensemble/oof_metrics.json",
         steps=f"{RESULTS}/final/steps.json",
+        code=code_of("src.dvc_metrics"),
     output:
         # dvc.yaml's metrics and plots (git keeps them): what `dvc exp show` and `dvc plots show` read
         scores=f"{RESULTS}/metrics/models.json",

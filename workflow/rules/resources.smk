@@ -4,6 +4,7 @@
 from snakemake.resources import Resource
 
 from src.node_limits import Request, slurm_nodes, too_big, visible_gpus
+from src.run_lock import hold as hold_results_lock
 
 # Snakemake has not chosen the executor yet while it parses this file; `nodes` (--jobs) is set
 # only for cluster executors, and remote_exec inside a cluster job.
@@ -24,6 +25,11 @@ def slurm_request(job):
 
 
 onstart:
+    # Runs only when jobs will (no dry run, not inside a cluster job), before the first one starts.
+    try:
+        hold_results_lock(RESULTS)  # one run per results_dir, from any working directory
+    except UserError as exc:
+        raise WorkflowError(str(exc))
     # The executor is known from here on, and so is every job's final threads and resources.
     plugin = workflow.executor_plugin
     if plugin is not None and plugin.name.endswith("slurm"):

@@ -9,6 +9,8 @@ rule predict_folds:
         folds=lambda wc: [fold_done(wc.model, k) for k in FOLDS],
         depth=lambda wc: depth_caches(wc.model, "test"),
         test=f"{DATA}/test.csv",
+        code=code_of("src.predict"),
+        photos=lambda wc: photos("test"),
     output:
         f"{RESULTS}/models/{{model}}/test_pred_folds.parquet",
     log:
@@ -38,6 +40,7 @@ rule pseudo_labels:
         # fold k's labels: the ensemble's method and weights chosen again on the other folds' OOF rows
         oof=expand(f"{RESULTS}/models/{{model}}/oof.parquet", model=MODELS),
         test=f"{DATA}/test.csv",
+        code=code_of("src.pseudo_labels"),
     output:
         expand(f"{ROUND2}/pseudo/fold{{k}}.csv", k=range(N_FOLDS)),
         all=f"{ROUND2}/pseudo/all.csv",  # the refits' (no OOF to protect): the full round-1 ensemble's
@@ -64,6 +67,8 @@ use rule train as train_round2 with:
         depth=lambda wc: depth_caches(wc.model, "train") + depth_caches(wc.model, "test"),
         images=lambda wc: image_cache(wc.model),
         pseudo=f"{ROUND2}/pseudo/fold{{fold}}.csv",
+        code=code_of("src.dinov3_train"),
+        photos=lambda wc: photos("train") + photos("test"),
     output:
         f"{ROUND2}/models/{{model}}/fold{{fold}}/metrics.json",
     log:
@@ -80,6 +85,7 @@ use rule train as train_round2 with:
 use rule merge_oof as merge_oof_round2 with:
     input:
         lambda wc: [f"{ROUND2}/models/{wc.model}/fold{k}/metrics.json" for k in FOLDS],
+        code=code_of("src.ensemble"),
     output:
         oof=f"{ROUND2}/models/{{model}}/oof.parquet",
         metrics=f"{ROUND2}/models/{{model}}/oof_metrics.json",
@@ -94,6 +100,8 @@ use rule predict as predict_round2 with:
         folds=lambda wc: [f"{ROUND2}/models/{wc.model}/fold{k}/metrics.json" for k in FOLDS],
         depth=lambda wc: depth_caches(wc.model, "test"),
         test=f"{DATA}/test.csv",
+        code=code_of("src.predict"),
+        photos=lambda wc: photos("test"),
     output:
         pred=f"{ROUND2}/models/{{model}}/test_pred.parquet",
         sub=f"{ROUND2}/models/{{model}}/submission.csv",
@@ -108,6 +116,7 @@ use rule ensemble as ensemble_round2 with:
         oof=expand(f"{ROUND2}/models/{{model}}/oof.parquet", model=MODELS),
         pred=expand(f"{ROUND2}/models/{{model}}/test_pred.parquet", model=MODELS),
         test=f"{DATA}/test.csv",
+        code=code_of("src.ensemble"),
     output:
         sub=f"{ROUND2}/ensemble/submission.csv",
         oof=f"{ROUND2}/ensemble/oof.parquet",
@@ -125,6 +134,7 @@ rule round_blend:
         one=f"{RESULTS}/ensemble/oof.parquet",
         two=f"{ROUND2}/ensemble/oof.parquet",
         weights=f"{ROUND2}/ensemble/weights.json",
+        code=code_of("src.pseudo_labels"),
     output:
         blend=f"{ROUND2}/blend.json",
         oof=f"{ROUND2}/blend/oof.parquet",
@@ -145,7 +155,9 @@ rule refit:
         model_cfg=lambda wc: model_yaml(wc.model),
         depth=lambda wc: depth_caches(wc.model, "train"),
         images=lambda wc: image_cache(wc.model),
-        cv=lambda wc: [fold_done(wc.model, k) for k in FOLDS],  # their history.csv sets the epochs
+        cv=lambda wc: [fold_done(wc.model, k) for k in FOLDS],  # their history.csv sets the epochs,
+        code=code_of("src.dinov3_train"),
+        photos=lambda wc: photos("train"),
     output:
         f"{RESULTS}/refit/{{model}}/full/metrics.json",
     log:
@@ -177,7 +189,9 @@ rule refit_check:
         model_cfg=lambda wc: model_yaml(wc.model),
         depth=lambda wc: depth_caches(wc.model, "train"),
         images=lambda wc: image_cache(wc.model),
-        cv=lambda wc: [fold_done(wc.model, k) for k in FOLDS if k != int(wc.fold)],  # their history.csv sets the epochs
+        cv=lambda wc: [fold_done(wc.model, k) for k in FOLDS if k != int(wc.fold)],  # their history.csv sets the epochs,
+        code=code_of("src.dinov3_train"),
+        photos=lambda wc: photos("train"),
     output:
         f"{RESULTS}/refit_check/{{model}}/fold{{fold}}/metrics.json",
     log:
@@ -204,6 +218,7 @@ rule refit_check:
 use rule merge_oof as merge_oof_refit_check with:
     input:
         lambda wc: [f"{RESULTS}/refit_check/{wc.model}/fold{k}/metrics.json" for k in FOLDS],
+        code=code_of("src.ensemble"),
     output:
         oof=f"{RESULTS}/refit_check/{{model}}/oof.parquet",
         metrics=f"{RESULTS}/refit_check/{{model}}/oof_metrics.json",
@@ -218,6 +233,8 @@ use rule predict as predict_refit with:
         folds=f"{RESULTS}/refit/{{model}}/full/metrics.json",
         depth=lambda wc: depth_caches(wc.model, "test"),
         test=f"{DATA}/test.csv",
+        code=code_of("src.predict"),
+        photos=lambda wc: photos("test"),
     output:
         pred=f"{RESULTS}/refit/{{model}}/test_pred.parquet",
         sub=f"{RESULTS}/refit/{{model}}/submission.csv",
@@ -235,6 +252,8 @@ use rule refit as refit_round2 with:
         images=lambda wc: image_cache(wc.model),
         cv=lambda wc: [f"{ROUND2}/models/{wc.model}/fold{k}/metrics.json" for k in FOLDS],
         pseudo=f"{ROUND2}/pseudo/all.csv",
+        code=code_of("src.dinov3_train"),
+        photos=lambda wc: photos("train") + photos("test"),
     output:
         f"{ROUND2}/refit/{{model}}/full/metrics.json",
     log:
@@ -254,6 +273,8 @@ use rule predict as predict_refit_round2 with:
         folds=f"{ROUND2}/refit/{{model}}/full/metrics.json",
         depth=lambda wc: depth_caches(wc.model, "test"),
         test=f"{DATA}/test.csv",
+        code=code_of("src.predict"),
+        photos=lambda wc: photos("test"),
     output:
         pred=f"{ROUND2}/refit/{{model}}/test_pred.parquet",
         sub=f"{ROUND2}/refit/{{model}}/submission.csv",

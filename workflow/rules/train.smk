@@ -9,6 +9,8 @@ rule train:
         model_cfg=lambda wc: model_yaml(wc.model),
         depth=lambda wc: depth_caches(wc.model, "train"),
         images=lambda wc: image_cache(wc.model),
+        code=code_of("src.dinov3_train"),
+        photos=lambda wc: photos("train"),
     output:
         f"{RESULTS}/models/{{model}}/fold{{fold}}/metrics.json",
     log:
@@ -34,6 +36,7 @@ rule train:
 rule merge_oof:
     input:
         lambda wc: [fold_done(wc.model, k) for k in FOLDS],
+        code=code_of("src.ensemble"),
     output:
         oof=f"{RESULTS}/models/{{model}}/oof.parquet",
         metrics=f"{RESULTS}/models/{{model}}/oof_metrics.json",
@@ -55,6 +58,8 @@ rule predict:
         folds=lambda wc: [fold_done(wc.model, k) for k in FOLDS],
         depth=lambda wc: depth_caches(wc.model, "test"),
         test=f"{DATA}/test.csv",
+        code=code_of("src.predict"),
+        photos=lambda wc: photos("test"),
     output:
         pred=f"{RESULTS}/models/{{model}}/test_pred.parquet",
         sub=f"{RESULTS}/models/{{model}}/submission.csv",
