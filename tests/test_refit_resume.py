@@ -58,3 +58,14 @@ def test_a_killed_refit_resumes_and_ends_as_an_uninterrupted_one(demo_data, tmp_
     # without --resume the refit starts over (and says nothing of resuming)
     fresh = _train(demo_data, out, *common)
     assert "resuming" not in fresh.stdout
+
+
+def test_a_diverging_refit_stops_with_one_line_and_saves_nothing(demo_data, tmp_path):
+    cv = _cv(tmp_path / "cv")
+    proc = _train(demo_data, tmp_path / "refit", *EPOCHS, "--refit-from", str(cv), "--backbone-lr", "1e5",
+                  "--warmup-epochs", "0", check=False)  # fmt: skip
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and "the refit diverged in stage2 epoch" in errors[0] and "lower --backbone-lr" in errors[0]
+    assert not (tmp_path / "refit/full/best.safetensors").exists()
+    assert not (tmp_path / "refit/full/metrics.json").exists()

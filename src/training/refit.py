@@ -45,10 +45,18 @@ from src.targets import TARGETS
 from src.training import checkpoint as ckpt
 from src.training import cpu_budget, fold_files
 from src.training.averaging import make_ema
-from src.training.distributed import DistInfo, barrier
+from src.training.distributed import DistInfo, any_rank, barrier
 from src.training.engine import evaluate, train_one_epoch
 from src.training.feature_cache import CachedBatches, FeatureCache
-from src.training.fit import Stage, _rows, _train_dataset, _why_not_resume, oof_frame
+from src.training.fit import (
+    Stage,
+    _divergence_fix,
+    _rows,
+    _train_dataset,
+    _why_not_resume,
+    nonfinite_weights,
+    oof_frame,
+)
 from src.training.optim import build_optimizer, build_scheduler
 
 FOLDER = "full"
@@ -197,6 +205,10 @@ def _refit(cfg: TrainConfig, info: DistInfo, images: pd.DataFrame, per_rank_batc
             loss, updates = train_one_epoch(wrapped, model, batches, criterion, optimizer, scheduler, info,
                                             grad_accum=cfg.grad_accum, grad_clip=cfg.grad_clip, updates_done=updates,
                                             desc=f"refit {stage.name} ep {e + 1}", ema=ema)  # fmt: skip
+            if any_rank(info, not np.isfinite(loss["loss"]) or nonfinite_weights(model)):
+                # Nothing chose an epoch here, so nothing finite can be kept: stop before the commit.
+                raise UserError(f"{out_dir}: the refit diverged in {stage.name} epoch {e + 1} (train loss {loss['loss']:.4g}"
+                                f" or non-finite weights); {_divergence_fix(cfg, stage)}. Nothing of it is saved")  # fmt: skip
             history.append({"epoch": epoch, "stage": stage.name, **{f"train_{k}" if k != "loss" else "train_loss": v
                                                                    for k, v in loss.items()}})  # fmt: skip
             if info.is_main:
