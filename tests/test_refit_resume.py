@@ -4,7 +4,7 @@ with --resume and ends where an uninterrupted refit ends."""
 import pandas as pd
 import pytest
 import torch
-from test_training import _args, _assert_same_weights, _train
+from test_training import _assert_same_weights, _train, run_killed_at_commit
 
 EPOCHS = ("--freeze-epochs", "2", "--stage2-epochs", "2", "--stage1-patience", "5", "--batch-size", "8")
 
@@ -23,30 +23,11 @@ def _cv(folder):
 @pytest.mark.guards("--resume", "--refit-from")
 @pytest.mark.parametrize("kill_at", [2, pytest.param(4, marks=pytest.mark.slow)], ids=["mid-stage1", "mid-stage2"])
 def test_a_killed_refit_resumes_and_ends_as_an_uninterrupted_one(demo_data, tmp_path, monkeypatch, kill_at):
-    from src.config import parse_config
-    from src.training import checkpoint, run
-
     cv = _cv(tmp_path / "cv")
     common = (*EPOCHS, "--refit-from", str(cv))
     _train(demo_data, tmp_path / "full", *common)
-    real_save_state, calls = checkpoint.save_state, []
-
-    def killed(path, state):
-        calls.append(path)
-        if len(calls) == kill_at:
-            raise KeyboardInterrupt  # stands in for the job's end: the epoch's commit never happens
-        real_save_state(path, state)
-
-    monkeypatch.setattr(checkpoint, "save_state", killed)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as in the subprocess runs, so the float sums agree
     out = tmp_path / "killed"
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            run.run(parse_config(_args(demo_data, out, *common)))
-    finally:
-        torch.set_num_threads(threads)
-    monkeypatch.setattr(checkpoint, "save_state", real_save_state)
+    run_killed_at_commit(kill_at, demo_data, out, common, monkeypatch)  # the job's end: that epoch's commit never happens
     saved = torch.load(out / "full/last_state.pt", weights_only=True)["refit_state"]
     assert saved["epoch"] == kill_at - 1
     again = _train(demo_data, out, *common, "--resume")

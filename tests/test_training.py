@@ -128,32 +128,40 @@ def _assert_resumed_like(full, resumed):
     np.testing.assert_allclose(e_full.filter(like="pred_"), e_resumed.filter(like="pred_"), rtol=1e-4, atol=1e-4)
 
 
-def test_kill_between_weights_and_state_writes_still_resumes(demo_data, tmp_path, monkeypatch):
-    """The worst moment for a kill: last.safetensors already holds epoch 3, last_state.pt still epoch 2."""
+def run_killed_at_commit(n: int, data, out, args, monkeypatch) -> None:
+    """The trainer in this process, stopped as a SIGKILL would stop it just before its n-th resume
+    commit (checkpoint.save_state): everything before it is on disk, that commit never happens."""
     from src.config import parse_config
     from src.training import checkpoint, run
+
+    real_save_state, calls = checkpoint.save_state, []
+
+    def killed(path, state):
+        calls.append(path)
+        if len(calls) == n:
+            raise KeyboardInterrupt
+        real_save_state(path, state)
+
+    monkeypatch.setattr(checkpoint, "save_state", killed)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in the subprocess runs, so the float sums agree
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run.run(parse_config(_args(data, out, *args)))
+    finally:
+        torch.set_num_threads(threads)
+        monkeypatch.setattr(checkpoint, "save_state", real_save_state)
+
+
+def test_kill_between_weights_and_state_writes_still_resumes(demo_data, tmp_path, monkeypatch):
+    """The worst moment for a kill: last.safetensors already holds epoch 3, last_state.pt still epoch 2."""
+    from src.training import checkpoint
 
     common = ("--folds", "0", "--freeze-epochs", "2", "--stage1-patience", "5", "--stage2-epochs", "2",
               "--batch-size", "8")  # fmt: skip
     _train(demo_data, tmp_path / "full", *common)
-    real_save_state, calls = checkpoint.save_state, []
-
-    def killed_on_third(path, state):
-        calls.append(path)
-        if len(calls) == 3:
-            raise KeyboardInterrupt  # stands in for SIGKILL after the weights of epoch 3 were written
-        real_save_state(path, state)
-
-    monkeypatch.setattr(checkpoint, "save_state", killed_on_third)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as in the subprocess runs, so the float sums agree
     out = tmp_path / "killed"
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            run.run(parse_config(_args(demo_data, out, *common)))
-    finally:
-        torch.set_num_threads(threads)
-    monkeypatch.setattr(checkpoint, "save_state", real_save_state)
+    run_killed_at_commit(3, demo_data, out, common, monkeypatch)  # after the weights of epoch 3 were written
     fold = out / "fold0"
     assert checkpoint.weights_metadata(fold / "last.safetensors")["epoch"] == "3"
     assert torch.load(fold / "last_state.pt", weights_only=True)["fold_state"]["epoch"] == 2

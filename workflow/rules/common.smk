@@ -23,7 +23,18 @@ from src.weights_check import backbone_problem, depth_problem, offline  # noqa: 
 
 if not config:
     raise WorkflowError("no config: run with --configfile config/config.yaml (real data) or config/demo.yaml")
-validate(config, schema="../schemas/config.schema.yaml")
+CONFIG_FILES = ", ".join(os.path.relpath(f) for f in workflow.overwrite_configfiles or []) or "the config"
+try:
+    validate(config, schema="../schemas/config.schema.yaml")
+except WorkflowError as exc:
+    # jsonschema's first lines say what is wrong and where; the schema dump after them does not help.
+    said = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    what = next((ln for ln in said if ln.startswith("ValidationError")), said[-1] if said else "invalid")
+    where = next((ln for ln in said if ln.startswith("On instance")), "")
+    raise WorkflowError(
+        f"config error in {CONFIG_FILES}: {what.removeprefix('ValidationError: ')} {where}".strip()
+        + "; the keys are listed in config/README.md"
+    ) from None
 
 DATA = config["data_dir"]
 RESULTS = config["results_dir"]
@@ -109,7 +120,8 @@ for _m in MODELS:
     if not Path(model_yaml(_m)).exists():
         known = sorted(p.stem for p in (REPO / "config/models").glob("*.yaml"))
         _fail(f"unknown model {_m!r}: no {model_yaml(_m)}; known models: {', '.join(known)}")
-    try:
+    try:  # the overrides alone first, so that their errors name the file they are in
+        from_dict(dict(config.get("trainer_overrides") or {}), source=f"{CONFIG_FILES}: trainer_overrides")
         TRAINER[_m] = from_dict(trainer_values(_m), source=model_yaml(_m))
     except UserError as exc:
         _fail(str(exc))
