@@ -51,11 +51,10 @@ def plan(cpus: int, ranks: int, num_workers: int, omp: str | None = None) -> Bud
     return Budget(cpus, max(1, ranks), workers, threads, num_workers)
 
 
-def for_run(cfg, world_size: int) -> Budget:
+def for_run(cfg, info) -> Budget:
     """The budget of this process under ``cfg`` (--cpus, --num-workers), applied: its own threads set.
     The job's CPUs are one node's: shared by the ranks torchrun started on it."""
-    ranks = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
-    budget = plan(cfg.cpus, ranks, cfg.num_workers, os.environ.get("OMP_NUM_THREADS"))
+    budget = plan(cfg.cpus, info.local_world_size, cfg.num_workers, os.environ.get("OMP_NUM_THREADS"))
     apply(budget.threads)
     return budget
 

@@ -30,6 +30,11 @@ class DistInfo:
     def distributed(self) -> bool:
         return self.world_size > 1
 
+    @property
+    def local_world_size(self) -> int:
+        """The ranks on this node, which share its CPUs and memory (torchrun sets LOCAL_WORLD_SIZE)."""
+        return int(os.environ.get("LOCAL_WORLD_SIZE", self.world_size))
+
 
 def pick_device(pref: str, local_rank: int = 0) -> torch.device:
     if pref in ("auto", "cuda") and torch.cuda.is_available():

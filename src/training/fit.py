@@ -89,7 +89,7 @@ def _build_feature_caches(model, cfg, info, train_ds, val_ds, batch_size):
     """Tokens of the frozen backbone: ``--feature-cache-views`` augmented samples of every training
     image, drawn by the training dataset itself (its transform and seed), and the unaugmented
     validation images. Under DDP each rank computes its share and all ranks end with all."""
-    workers = cpu_budget.for_run(cfg, info.world_size).workers
+    workers = cpu_budget.for_run(cfg, info).workers
     with train_ds.unmixed():  # plain views; CachedBatches mixes their tokens
         train_cache = FeatureCache(model, train_ds, cfg.feature_cache_views, info, batch_size, "feature cache (train)",
                                    workers)  # fmt: skip
@@ -175,7 +175,7 @@ def train_fold(cfg: TrainConfig, info: DistInfo, images: pd.DataFrame, folds: pd
     # i-th batches is exactly one process's i-th batch and DDP matches single-process training.
     sampler = DistributedSampler(train_ds, num_replicas=info.world_size, rank=info.rank, shuffle=True,
                                  seed=cfg.seed + fold, drop_last=True)
-    budget = cpu_budget.for_run(cfg, info.world_size)
+    budget = cpu_budget.for_run(cfg, info)
     if info.is_main and budget.note():
         print(f"note: {budget.note()}", flush=True)
     loading = cpu_budget.loader_kwargs(budget, info.device)

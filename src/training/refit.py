@@ -120,7 +120,7 @@ def _validation(cfg: TrainConfig, val: pd.DataFrame, stats: dict, extras: dict, 
     ds = BiomassDataset(val, cfg.data_dir, HalfTransform(train=False, **tf), depth=depth,
                         aux=aux_targets(val, stats, extras), halves=halves, prep=PhotoPrep.of(cfg))  # fmt: skip
     return DataLoader(ds, batch_size=per_rank_batch, shuffle=False,
-                      **cpu_budget.loader_kwargs(cpu_budget.for_run(cfg, info.world_size), info.device))
+                      **cpu_budget.loader_kwargs(cpu_budget.for_run(cfg, info), info.device))
 
 
 def _refit(cfg: TrainConfig, info: DistInfo, images: pd.DataFrame, per_rank_batch: int, inputs: dict,
@@ -159,7 +159,7 @@ def _refit(cfg: TrainConfig, info: DistInfo, images: pd.DataFrame, per_rank_batc
     barrier(info)
     sampler = DistributedSampler(train_ds, num_replicas=info.world_size, rank=info.rank, shuffle=True, seed=seed,
                                  drop_last=True)  # fmt: skip
-    budget = cpu_budget.for_run(cfg, info.world_size)
+    budget = cpu_budget.for_run(cfg, info)
     if info.is_main and budget.note():
         print(f"note: {budget.note()}", flush=True)
     loader = DataLoader(train_ds, batch_size=per_rank_batch, sampler=EpochIndices(sampler, len(train_ds)), drop_last=True,

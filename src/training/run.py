@@ -7,7 +7,6 @@ directory into ``oof.parquet`` + ``oof_metrics.json`` and prints the OOF weighte
 from __future__ import annotations
 
 import contextlib
-import os
 from pathlib import Path
 
 import pandas as pd
@@ -49,11 +48,6 @@ def data_notes(cfg: TrainConfig, sizes: list[tuple[int, int]]) -> list[str]:
     return []
 
 
-def _local_ranks(info) -> int:
-    """The ranks on this node, which share its memory (torchrun sets LOCAL_WORLD_SIZE)."""
-    return int(os.environ.get("LOCAL_WORLD_SIZE", info.world_size))
-
-
 def run(cfg: TrainConfig) -> dict | None:
     images = load_train(cfg.data_dir)
     folds = resolve_folds(cfg, images)
@@ -64,7 +58,7 @@ def run(cfg: TrainConfig) -> dict | None:
         # Every photo decoded once now, unless the image cache already did: a damaged one stops the run here.
         # Without a cache folder the same pass fills an in-memory image cache, so no epoch decodes a photo
         # again (each rank holds its own; DataLoader workers share their rank's).
-        memory = image_cache.in_memory_for_config(cfg, "train", len(images), _local_ranks(info), info.is_main)
+        memory = image_cache.in_memory_for_config(cfg, "train", len(images), info.local_world_size, info.is_main)
         sizes = check_photos(cfg.data_dir, images, decode=halves is None, warn=info.is_main,
                              each=None if memory is None else memory.add)  # fmt: skip
         halves = halves if memory is None else memory.halves()
