@@ -43,3 +43,18 @@ def test_quality_baselines_with_augmentation_see_the_trainers_pixels(tmp_path):
     assert not torch.equal(ours[3]["image"], ours[len(tr) + 3]["image"])  # a new draw each epoch
     changed = [not torch.equal(ours[k]["image"], _plain[tr[k]]) for k in range(len(tr))]
     assert sum(changed) >= len(tr) // 2  # augmented, not the plain halves
+
+
+def test_the_evidence_the_readme_cites_is_kept_by_git():
+    """A clone has the benchmark results the README quotes; a run of a few flags' mutants is not one."""
+    import subprocess
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+
+    def ignored(path):
+        return subprocess.run(["git", "check-ignore", "-q", path], cwd=repo).returncode == 0
+
+    for evidence in ("flag_mutation.md", "standalone.json", "quality.json", "slurm_acceptance.md", "lora_memory.md"):
+        assert not ignored(f"benchmarks/results/{evidence}"), evidence
+    assert ignored("benchmarks/results/flag_mutation_subset.md")

@@ -86,8 +86,11 @@ def main(argv=None) -> int:
     p.add_argument("--flags", nargs="+", help="only these flags, without their dashes: lr use-huber (default: the "
                    "guide's and extra_flags.txt's)")
     p.add_argument("--jobs", type=int, default=2, help="mutants tested at once")
-    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "flag_mutation.md"))
+    p.add_argument("--out", help="the table (default: benchmarks/results/flag_mutation.md for all flags, "
+                   "flag_mutation_subset.md for --flags, so a check of a few never overwrites the full table)")
     args = p.parse_args(argv)
+    args.out = args.out or str(ROOT / "benchmarks" / "results" / (
+        "flag_mutation_subset.md" if args.flags else "flag_mutation.md"))
     flags = [f"--{f.lstrip('-')}" for f in args.flags] if args.flags else guide_flags() + extra_flags()
 
     rc, out, secs = pytest(None, {})

@@ -52,6 +52,14 @@ REFIT = config["refit"]["use"]  # full-data refits for the test predictions
 REFIT_EVIDENCE = REFIT and config["refit"]["evidence"]
 ROUND2 = f"{RESULTS}/round2"
 
+# `dvc exp run --temp` and `--queue` run the stage in a copy under .dvc/tmp/exps/ that has DVC's outputs
+# (with checkout-time file times) but not Snakemake's records: Snakemake would retrain everything.
+if f"{os.sep}.dvc{os.sep}tmp{os.sep}exps{os.sep}" in os.getcwd() + os.sep:
+    raise WorkflowError(
+        "dvc exp run --temp/--queue is not supported (its copy of the project lacks Snakemake's records, so "
+        "every model would retrain): run `dvc exp run` in the workspace, one experiment at a time"
+    )
+
 
 wildcard_constraints:
     model=r"[A-Za-z0-9_\-]+",

@@ -78,7 +78,8 @@ use rule train as train_round2 with:
     params:
         data=lambda wc: DATA,
         launcher=lambda wc, resources: launcher(resources.gpu),
-        flags=lambda wc, input: pseudo_flags(wc.model, input.pseudo),
+        # not derived from input/output: Snakemake records only such params, and pseudo.weight is in here
+        flags=lambda wc: pseudo_flags(wc.model, f"{ROUND2}/pseudo/fold{wc.fold}.csv"),
         out=lambda wc, output: os.path.dirname(os.path.dirname(output[0])),
 
 
@@ -263,7 +264,7 @@ use rule refit as refit_round2 with:
     params:
         data=lambda wc: DATA,
         launcher=lambda wc, resources: launcher(resources.gpu),
-        flags=lambda wc, input: pseudo_flags(wc.model, input.pseudo),
+        flags=lambda wc: pseudo_flags(wc.model, f"{ROUND2}/pseudo/all.csv"),  # recorded: not from input
         cv=lambda wc: f"{ROUND2}/models/{wc.model}",
         out=lambda wc, output: os.path.dirname(os.path.dirname(output[0])),
 
