@@ -108,7 +108,8 @@ def test_one_trainer_per_fold_and_a_killed_ones_lock_is_free(demo_data, tmp_path
 
 @pytest.mark.parametrize("name, damage", [("last_state.pt", "cut"), ("last_state.pt", "empty"),
                                            ("last.safetensors", "cut"), ("last.safetensors", "empty"),
-                                           ("best.safetensors", "cut")])  # fmt: skip
+                                           ("best.safetensors", "cut"), ("epoch_preds.parquet", "cut"),
+                                           ("epoch_preds.parquet", "empty")])  # fmt: skip
 def test_a_damaged_resume_file_starts_the_fold_over_and_says_so(demo_data, tmp_path, capsys, name, damage):
     """A finished fold's resume state, or the weights it rests on (a finished fold's state holds
     none: last.safetensors; and its result, best.safetensors): one line, and the fold is retrained."""

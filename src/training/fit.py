@@ -400,10 +400,7 @@ def _average_top_k(model, top: TopK, state: FoldState, cfg: TrainConfig, info: D
 def _saved_epoch_preds(fold_dir: Path, epochs: int) -> list[pd.DataFrame]:
     """The committed epochs' validation predictions of a resumed fold (a kill after the file was
     written and before the state commit leaves one epoch too many in it: dropped)."""
-    path = fold_dir / EPOCH_PREDS
-    if not path.exists():
-        raise UserError(f"{path} is missing beside last_state.pt; delete last_state.pt to restart the fold")
-    df = pd.read_parquet(path)
+    df = pd.read_parquet(fold_dir / EPOCH_PREDS)  # readable: _resume_point checked
     return [df[df["epoch"] < epochs]]
 
 
@@ -413,6 +410,8 @@ def _resume_point(fold_dir: Path, cfg: TrainConfig, inputs: dict[str, str]) -> t
     saved, why = fold_files.saved_state(fold_dir)
     if saved is not None:
         why = _why_not_resume(saved, cfg, inputs) or _why_not_weights(fold_dir, saved)
+        if not why and saved["fold_state"].get("epoch"):  # the committed epochs' predictions go on from there
+            why = fold_files.unreadable_table(fold_dir / EPOCH_PREDS)
     return (None if why else saved), why
 
 

@@ -89,5 +89,18 @@ def unusable_weights(paths: list[Path]) -> str:
     return ""
 
 
+def unreadable_table(path: Path) -> str:
+    """Why a parquet table a resume builds on cannot be read ('' when it can): missing, or damaged."""
+    if not Path(path).exists():
+        return f"{path} is missing"
+    try:
+        import pyarrow.parquet as pq
+
+        pq.read_table(path)
+    except Exception as exc:  # pyarrow raises ArrowInvalid / OSError for a cut or empty file
+        return f"{path} is damaged ({_first_line(exc)})"
+    return ""
+
+
 def _first_line(exc: Exception) -> str:
     return (str(exc).splitlines() or [type(exc).__name__])[0][:120]
