@@ -1,7 +1,8 @@
 """Snakemake and DVC agree on what a job depends on. Snakemake records (and reruns on) a rule's
 params only when they are not derived from its input, output, threads or resources: such a param
 may hold paths and the launcher, never a setting. And DVC's temporary experiment copies, which
-lack Snakemake's records, are refused in one line."""
+lack Snakemake's records, are refused in one line. Also what the workflow's declarations promise:
+local copies of local rules, and DVC plots that say what they show."""
 
 import os
 import re
@@ -64,3 +65,16 @@ def test_each_dvc_plot_is_titled_with_the_model_or_target_it_shows(tmp_path):
     assert len(titles) == 3 and len(set(titles.values())) == 3, titles  # one title per model or target
     for path, title in titles.items():
         assert Path(path).stem in title, (path, title)
+
+
+def test_a_copy_of_a_local_rule_is_local_too():
+    """`localrules` names rules, and a `use rule A as B` copy is not covered by A's entry: a copy of a
+    seconds-long rule left out would be queued on SLURM (round 2's OOF merges were)."""
+    snakefile = (REPO / "workflow/Snakefile").read_text()
+    block = snakefile[snakefile.index("localrules:"):].split("\n\n")[0]
+    local = set(re.findall(r"^\s+(\w+),?$", block, re.M))
+    copies = [m.groups() for smk in (REPO / "workflow/rules").glob("*.smk")
+              for m in re.finditer(r"^use rule (\w+) as (\w+)", smk.read_text(), re.M)]  # fmt: skip
+    assert len(local) >= 10 and len(copies) >= 5, (local, copies)
+    wrong = [f"{copy} (a copy of {base})" for base, copy in copies if (base in local) != (copy in local)]
+    assert not wrong, f"local and queued differ between a rule and its copy: {wrong}"
