@@ -24,10 +24,15 @@ def model_id(size: str, override: str = "") -> str:
 
 
 def load(model: str, backend: str, device: torch.device):
+    import transformers
     from transformers import AutoImageProcessor, DepthAnythingForDepthEstimation
 
+    # transformers 5 names the image backend; 4.x (a Kaggle image's) picks the torchvision one with
+    # use_fast: the same resizing, the same depth maps (checked against 4.57.1)
+    choice = {"backend": backend} if int(transformers.__version__.split(".")[0]) >= 5 else {
+        "use_fast": backend == "torchvision"}
     try:
-        processor = AutoImageProcessor.from_pretrained(model, backend=backend)
+        processor = AutoImageProcessor.from_pretrained(model, **choice)
         net = DepthAnythingForDepthEstimation.from_pretrained(model).to(device).eval()
     except (OSError, ValueError) as exc:
         raise UserError(
