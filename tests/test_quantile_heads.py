@@ -48,6 +48,30 @@ def test_the_head_starts_at_the_prior_and_its_loss_is_weighted(fold):
     assert model.aux["quantile"][-1].weight.grad.abs().sum() > 0
 
 
+
+@guards("--use-quantile-heads", "--quantile-weight")
+def test_the_bins_loss_trains_the_shared_features(fold):
+    """An auxiliary task shapes the features the masses are read from: the quantile loss alone
+    reaches the backbone, and a step on it moves the masses (a head fed detached features would
+    learn beside the model, changing nothing)."""
+    cfg = TrainConfig(**TINY, use_quantile_heads=True)
+    torch.manual_seed(0)
+    model = BiomassModel(cfg, fold["stats"], fold["extras"]).train()
+    with torch.no_grad():
+        for p in model.parameters():  # the heads' last layers start at zero: no gradient flows back through them
+            p.add_(torch.randn_like(p) * 0.1)
+    before = model(fold["batch"])["pred"].detach()
+    _, parts = build_criterion(cfg, fold["stats"])(model(fold["batch"]), fold["batch"])
+    parts["quantile"].backward()
+    grads = {n: p.grad for n, p in model.named_parameters() if n.startswith("backbone.")}
+    assert any(g is not None and g.abs().sum() > 0 for g in grads.values()), "the quantile loss never reaches the backbone"
+    assert model.head.mlp[-1].weight.grad is None  # the density head is not on its path
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.grad is not None:
+                p.sub_(p.grad, alpha=0.5)
+    assert (model(fold["batch"])["pred"] - before).abs().max() > 1e-4
+
 def test_a_two_stage_run_trains_and_validates_the_bins(demo_data, tmp_path):
     """Through the frozen-feature cache (Stage 1, which must carry the bin targets) and the live
     backbone (Stage 2)."""
