@@ -73,7 +73,6 @@ def test_the_ema_decay_acts_in_a_short_run_unless_the_warm_up_caps_it(demo_data,
     assert any(not torch.equal(warm_fast[k], fast[k]) for k in fast)
 
 
-
 @guards("--ema", "--resume")
 def test_a_resumed_run_goes_on_with_its_ema(demo_data, tmp_path, monkeypatch, capsys):
     """Killed just before its 2nd epoch's commit and resumed, a run ends with the uninterrupted
@@ -115,6 +114,7 @@ def test_a_resumed_run_goes_on_with_its_ema(demo_data, tmp_path, monkeypatch, ca
     # what was validated each epoch is the EMA: the resumed epochs' predictions are the uninterrupted ones
     preds = [pd.read_parquet(f / "epoch_preds.parquet").filter(like="pred_").to_numpy() for f in (full, resumed)]
     np.testing.assert_allclose(preds[1], preds[0], rtol=1e-5, atol=1e-5)
+
 
 @guards("--ema-stages")
 @pytest.mark.parametrize("stages, made", [("last", ["stage2"]), ("all", ["stage1", "stage2"])])

@@ -76,7 +76,6 @@ def test_the_stamp_no_longer_reaches_the_model(demo_data, tmp_path, monkeypatch,
     assert (stamp == 0) if (clean or crop) else (stamp > 20), stamp
 
 
-
 @guards("--clean-date-stamp")
 def test_the_image_caches_hold_the_cleaned_photos(demo_data, tmp_path):
     """The file cache (built by its CLI) and the in-memory one, at the photos' own scale (128 px halves of 256 x 128
@@ -96,6 +95,7 @@ def test_the_image_caches_hold_the_cleaned_photos(demo_data, tmp_path):
         assert not np.array_equal(want, np.stack(image_cache.squares(raw[i], 128, False)))
         for row in (arr[rows[i]], memory.array[i]):
             assert np.array_equal(row, want) and _stamp_pixels(row[1]) == 0  # the stamp is in the right half
+
 
 def test_a_cache_made_with_other_cleaning_is_refused(demo_data, tmp_path):
     out = image_cache.cache_path(tmp_path, 32, "train", False, PhotoPrep(True))
