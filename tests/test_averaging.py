@@ -4,7 +4,9 @@ predicted; --swa-top-k saves the mean of the last stage's last (or best) K epoch
 weights and OOF. Both checkpoints load in prediction without a flag."""
 
 import json
+from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -69,6 +71,49 @@ def test_the_ema_decay_acts_in_a_short_run_unless_the_warm_up_caps_it(demo_data,
     warm_fast, warm_slow = saved("warm_fast", ema_decay=0.9, ema_warmup=True), saved("warm_slow", ema_decay=0.999, ema_warmup=True)
     assert all(torch.equal(warm_fast[k], warm_slow[k]) for k in warm_fast)
     assert any(not torch.equal(warm_fast[k], fast[k]) for k in fast)
+
+
+@guards("--ema", "--resume")
+def test_a_resumed_run_goes_on_with_its_ema(demo_data, tmp_path, monkeypatch, capsys):
+    """Killed just before its 2nd epoch's commit and resumed, a run ends with the uninterrupted
+    run's EMA (a resume that restarted the average at the raw weights would not)."""
+    from src.training import checkpoint
+
+    ema, real_make_ema = {}, fit.make_ema
+
+    def keep(model, cfg, last_stage=True):  # each run's EMA, by its fold folder
+        ema[Path(cfg.output_dir) / "fold0"] = made = real_make_ema(model, cfg, last_stage)
+        return made
+
+    monkeypatch.setattr(fit, "make_ema", keep)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # every run alike, so the float sums agree
+    try:
+        kw = dict(ema=True, ema_decay=0.9, epochs=2)
+        full = _run(demo_data, tmp_path / "full", **kw)
+        real_save_state, calls = checkpoint.save_state, []
+
+        def killed(path, state):
+            calls.append(path)
+            if len(calls) == 2:
+                raise KeyboardInterrupt  # as a SIGKILL there: the 1st epoch is committed, the 2nd never is
+            real_save_state(path, state)
+
+        monkeypatch.setattr(checkpoint, "save_state", killed)
+        with pytest.raises(KeyboardInterrupt):
+            _run(demo_data, tmp_path / "resumed", **kw)
+        monkeypatch.setattr(checkpoint, "save_state", real_save_state)
+        capsys.readouterr()
+        resumed = _run(demo_data, tmp_path / "resumed", resume=True, **kw)
+    finally:
+        torch.set_num_threads(threads)
+    assert "resuming after epoch 1" in capsys.readouterr().out
+    a, b = (ema[f].module.state_dict() for f in (full, resumed))
+    worst = max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
+    assert worst < 1e-5, worst
+    # what was validated each epoch is the EMA: the resumed epochs' predictions are the uninterrupted ones
+    preds = [pd.read_parquet(f / "epoch_preds.parquet").filter(like="pred_").to_numpy() for f in (full, resumed)]
+    np.testing.assert_allclose(preds[1], preds[0], rtol=1e-5, atol=1e-5)
 
 
 @guards("--ema-stages")

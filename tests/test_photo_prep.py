@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from src import image_cache as image_cache_cli
 from src.config import TrainConfig
 from src.data import image_cache
 from src.data.photo_prep import STAMP_HSV_HI, STAMP_HSV_LO, PhotoPrep, clean_stamp, stamp_mask
@@ -73,6 +74,27 @@ def test_the_stamp_no_longer_reaches_the_model(demo_data, tmp_path, monkeypatch,
     assert halves.dtype == torch.uint8 and halves.shape[-1] == 128
     stamp = sum(_stamp_pixels(h) for h in halves.permute(0, 2, 3, 1).numpy())
     assert (stamp == 0) if (clean or crop) else (stamp > 20), stamp
+
+
+@guards("--clean-date-stamp")
+def test_the_image_caches_hold_the_cleaned_photos(demo_data, tmp_path):
+    """The file cache (built by its CLI) and the in-memory one, at the photos' own scale (128 px halves of 256 x 128
+    photos): each stamped photo's row is its cleaned halves, stamp pixels painted out."""
+    images = load_train(demo_data)
+    raw = _photos(demo_data)
+    stamped = [i for i, p in enumerate(raw) if stamp_mask(p).any()]
+    assert stamped
+    prep = PhotoPrep(clean_date_stamp=True)
+    out = image_cache.cache_path(tmp_path, 128, "train", False, prep)
+    image_cache_cli.main(["--data-dir", str(demo_data), "--size", "128", "--clean-date-stamp", "--out", str(out)])
+    arr, rows = image_cache.load(out, images["image_id"].tolist(), 128, False, "CMD", prep)
+    memory = image_cache.InMemory(len(images), 128, False, prep)
+    for i in stamped:
+        memory.add(i, raw[i])
+        want = np.stack(image_cache.squares(clean_stamp(raw[i]), 128, False))
+        assert not np.array_equal(want, np.stack(image_cache.squares(raw[i], 128, False)))
+        for row in (arr[rows[i]], memory.array[i]):
+            assert np.array_equal(row, want) and _stamp_pixels(row[1]) == 0  # the stamp is in the right half
 
 
 def test_a_cache_made_with_other_cleaning_is_refused(demo_data, tmp_path):

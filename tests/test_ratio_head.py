@@ -47,6 +47,20 @@ def test_the_loss_reaches_the_total_head_and_the_shares(fold):
     loss, _ = build_criterion(cfg, fold["stats"])(model.train()(fold["batch"]), fold["batch"])
     loss.backward()
     assert model.head.mlp[-1].bias.grad.abs().sum() > 0 and model.shares.bias.grad.abs().min() > 0
+    assert model.shares.weight.grad.abs().sum() > 0  # through the photo's features, not only the bias
+
+
+@pytest.mark.guards("--use-ratio-head")
+def test_the_shares_come_from_the_photo(fold):
+    """The composition is the photo's: halves with other features get other shares (a share
+    computed from no features, only the bias, would be one composition for every photo)."""
+    _, model = _model(fold)
+    with torch.no_grad():
+        model.shares.weight.normal_(0, 0.5)  # zero at the start (every photo at the mean composition)
+        per_half = model.eval()(fold["batch"])["per_half"]  # (B, 2, 3) grams: Total x shares
+        share = per_half / per_half.sum(-1, keepdim=True)
+    torch.testing.assert_close(share.sum(-1), torch.ones(share.shape[:2]))
+    assert share.flatten(0, 1).std(0).min() > 1e-3, share  # varies over the halves, for each component
 
 
 @pytest.mark.parametrize("other", [dict(train_dead=True), dict(train_clover=False), dict(use_compositional=True),

@@ -3,8 +3,9 @@
 Whether an image is mixed, with which partner and how much is drawn from (seed, epoch, image)
 alone, never from the batch it lands in, so under DDP every rank mixes its images exactly as one
 process would, and a resumed run as the uninterrupted one. Pixels (or, in a frozen-backbone stage,
-the cached tokens), depth features and masses are interpolated; class labels (species, State,
-quantile bins) are the dominant image's.
+the cached tokens), depth features and masses are interpolated; class labels (species, State)
+are the dominant image's. The quantile bins are not labels of their own: the loss bins the mixed
+mass (``losses.auxiliary.QuantileBins``).
 """
 
 from __future__ import annotations

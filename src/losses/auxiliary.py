@@ -6,7 +6,8 @@
   whose class the training fold never saw are ignored.
 - ``presence`` (--use-presence-heads): BCE of Dead > 0 and Clover > 0.
 - ``quantile`` (--use-quantile-heads): cross-entropy of each target's bin among 7 cut at the
-  training fold's quantiles, averaged over the five targets.
+  training fold's quantiles (``fold_stats.quantile_edges``), averaged over the five targets; the
+  bin is that of the batch's mass, so under mixup the mixed mass's.
 - ``aos`` (--use-aos-hallucination): the NDVI head must agree across two photometric views of an
   image and match the sensor on the second view too: lighting-invariant NDVI from RGB.
 - ``cross_view`` (--use-cross-view-consistency): the two halves' per-area predictions (they show
@@ -15,6 +16,7 @@
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 
 from src.losses import LossTerm, register
@@ -50,12 +52,21 @@ class Presence(LossTerm):
 
 
 class QuantileBins(LossTerm):
-    def __init__(self, weight):
+    """The target bins are those of the batch's masses, binned here as ``fold_stats.quantile_bins``
+    bins them: under mixup the bin is the mixed mass's, the mass the regression loss is given."""
+
+    def __init__(self, weight, stats):
         super().__init__("quantile", weight)
+        self.register_buffer("edges", stats["quantile_edges"].float().clone(memory_format=torch.contiguous_format))
+
+    def bins(self, targets):
+        """(B, 5) masses -> (B, 5) bin indices, as ``fold_stats.quantile_bins``."""
+        return torch.stack([torch.bucketize(targets[:, k].float().contiguous(), self.edges[k])
+                            for k in range(len(self.edges))], 1)  # fmt: skip
 
     def forward(self, outputs, batch):
         logits = outputs["quantile"]
-        return F.cross_entropy(logits.reshape(-1, logits.shape[-1] // 5), batch["quantile"].reshape(-1))
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1] // 5), self.bins(batch["targets"]).reshape(-1))
 
 
 class Aos(LossTerm):
@@ -111,7 +122,7 @@ def _presence(cfg, stats):
 
 @register("quantile")
 def _quantile(cfg, stats):
-    return QuantileBins(cfg.quantile_weight) if cfg.use_quantile_heads else None
+    return QuantileBins(cfg.quantile_weight, stats) if cfg.use_quantile_heads else None
 
 
 @register("aos")
