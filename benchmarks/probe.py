@@ -130,8 +130,12 @@ def main(argv: list[str] | None = None) -> None:
             run["disjoint"] = check_disjoint(pre, sorted(data_dir.glob("*/*.jpg")))
         run["pretrain"] = {k: meta[k] for k in ("config", "history", "wall_s", "cpu_s") if k in meta}
         runs[f"pretrained:{w.name}"] = run
-    result = {"demo": {k: v for k, v in s.items() if k != "data_dir"}, "images": len(images), "runs": runs,
-              "r2": "pooled out-of-fold R^2 of a ridge probe (RidgeCV, standardised features), 5 grouped folds"}
+    result = {
+        "demo": {k: v for k, v in s.items() if k != "data_dir"},
+        "images": len(images),
+        "runs": runs,
+        "r2": "pooled out-of-fold R^2 of a ridge probe (RidgeCV, standardised features), 5 grouped folds",
+    }
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(result, indent=2) + "\n")
     print(table(runs))
@@ -142,7 +146,9 @@ def table(runs: dict) -> str:
     from src.targets import TARGETS
 
     short = [t.replace("Dry_", "").replace("_g", "") for t in TARGETS]
-    lines = [f"{'run':34s} {'features':15s} " + " ".join(f"{s:>7s}" for s in short) + "  wR2   gammas(b0 g1,g2 | b1 ...)"]
+    lines = [
+        f"{'run':34s} {'features':15s} " + " ".join(f"{s:>7s}" for s in short) + "  wR2   gammas(b0 g1,g2 | b1 ...)"
+    ]
     for name, r in runs.items():
         g = " | ".join(f"{x['gamma_1']:.2g},{x['gamma_2']:.2g}" for x in r["gammas"])
         for f in FEATURES:

@@ -56,6 +56,8 @@ def ensure_photos(folder: str | Path, photos: int, seed: int, width: int = 1000,
     marker = folder / _DONE
     want = {"photos": photos, "seed": seed, "width": width, "height": height}
     if not (marker.is_file() and json.loads(marker.read_text()).get("settings") == want):
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / ".gitignore").write_text("# made by src.pretrain: photos, never committed\n*\n")
         generate(folder, n_train=photos, n_test=0, seed=seed, width=width, height=height)
         paths = sorted((folder / "train").glob("*.jpg"))
         marker.write_text(json.dumps({"settings": want, "ids": [p.stem for p in paths]}, indent=1) + "\n")
@@ -74,7 +76,9 @@ def cell_fractions(half: np.ndarray, grid: int) -> np.ndarray:
     return out
 
 
-def load_halves(paths: list[Path], size: int, sub: int = 1, targets: bool = True, desc: str = "pretrain photos") -> Halves:
+def load_halves(
+    paths: list[Path], size: int, sub: int = 1, targets: bool = True, desc: str = "pretrain photos"
+) -> Halves:
     """Both square halves of every photo at ``size`` px and, with ``targets``, their cell fractions
     (``sub`` x ``sub`` cells per 16 px patch)."""
     if size % PATCH:

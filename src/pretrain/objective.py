@@ -53,7 +53,12 @@ class Objective(nn.Module):
         cls, patches = self.tokens(images)
         n, g = images.shape[0], images.shape[-1] // 16
         s = self.sub
-        logits = self.dense(patches).view(n, g, g, N_CLASSES, s, s).permute(0, 3, 1, 4, 2, 5).reshape(n, N_CLASSES, g * s, g * s)
+        logits = (
+            self.dense(patches)
+            .view(n, g, g, N_CLASSES, s, s)
+            .permute(0, 3, 1, 4, 2, 5)
+            .reshape(n, N_CLASSES, g * s, g * s)
+        )
         dense = -(cells * F.log_softmax(logits, 1)).sum(1).mean()
         # minus the targets' own entropy: 0 at a perfect fit, whatever the cells' mixing
         floor = -(cells * torch.log(cells.clamp(min=1e-8))).sum(1).mean()

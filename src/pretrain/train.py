@@ -90,7 +90,8 @@ def train(cfg: PretrainConfig, data: Halves, log_every: int = 0) -> tuple[Object
     total = cfg.epochs * steps_per_epoch
     warmup = max(1, total // 20)
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / max(1, total)))))
+        opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / max(1, total))))
+    )
     gen = torch.Generator().manual_seed(cfg.seed)
     start, history = time.monotonic(), []
     bar = progress(total=total, desc="pretrain", unit="step")
@@ -139,9 +140,18 @@ def run(cfg: PretrainConfig) -> dict:
     data = load_halves(paths, cfg.image_size, cfg.sub)
     t_data = time.monotonic()
     model, history = train(cfg, data)
-    summary = {"config": asdict(cfg), "photo_dir": str(folder), "disjoint_from": disjoint, "history": history[-1:],
-               "wall_s": round(time.monotonic() - t0, 1),
-               "phases_wall_s": {"photos": round(t_photos - t0, 1), "halves_and_targets": round(t_data - t_photos, 1),
-                                 "training": round(time.monotonic() - t_data, 1)}, "cpu_s": round(time.process_time() - cpu0, 1)}
+    summary = {
+        "config": asdict(cfg),
+        "photo_dir": str(folder),
+        "disjoint_from": disjoint,
+        "history": history[-1:],
+        "wall_s": round(time.monotonic() - t0, 1),
+        "phases_wall_s": {
+            "photos": round(t_photos - t0, 1),
+            "halves_and_targets": round(t_data - t_photos, 1),
+            "training": round(time.monotonic() - t_data, 1),
+        },
+        "cpu_s": round(time.process_time() - cpu0, 1),
+    }
     save_backbone(model.backbone, cfg.out, {"pretrain": summary})
     return summary
