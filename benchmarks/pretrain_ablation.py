@@ -17,7 +17,10 @@ from pathlib import Path
 from benchmarks.probe import REPO, demo_data, demo_settings, score
 
 OUT = REPO / "benchmarks" / "results" / "pretrain_ablation.json"
-# name -> PretrainConfig overrides
+# The first round's settings; each variant changes some of them (``PretrainConfig``'s defaults
+# are the winner, "dense_sub4+cls_nojitter_1200photos_60ep").
+BASE = {"photos": 400, "sub": 2, "cls_weight": 1.0, "brightness": 0.15, "epochs": 60}
+# name -> overrides of BASE
 VARIANTS = {
     "dense_sub1_only": {"sub": 1, "cls_weight": 0.0},
     "dense_sub2_only": {"sub": 2, "cls_weight": 0.0},
@@ -28,7 +31,24 @@ VARIANTS = {
     "dense_sub2+cls_x3": {"cls_weight": 3.0},
     "dense_sub2+cls_nojitter": {"brightness": 0.0},
     "dense_sub2+cls_120ep": {"epochs": 120},
+    "dense_sub4+cls_x0.3": {"sub": 4, "cls_weight": 0.3},
     "dense_sub2+cls_1200photos_20ep": {"photos": 1200, "epochs": 20},
+    "dense_sub2+cls_nojitter_1200photos_60ep": {"photos": 1200, "brightness": 0.0, "epochs": 60},
+    "dense_sub4+cls_nojitter_1200photos_60ep": {"photos": 1200, "sub": 4, "brightness": 0.0, "epochs": 60},
+    "dense_sub4+cls_x0.3_nojitter_1200photos_60ep": {
+        "photos": 1200,
+        "sub": 4,
+        "cls_weight": 0.3,
+        "brightness": 0.0,
+        "epochs": 60,
+    },
+    "dense_sub4_only_nojitter_1200photos_60ep": {
+        "photos": 1200,
+        "sub": 4,
+        "cls_weight": 0.0,
+        "brightness": 0.0,
+        "epochs": 60,
+    },
 }
 
 
@@ -45,7 +65,7 @@ def main(argv: list[str] | None = None) -> None:
     results = json.loads(a.out.read_text()) if a.out.is_file() else {}
     cache: dict = {}
     for name in a.only:
-        cfg = PretrainConfig(out="", **VARIANTS[name])
+        cfg = PretrainConfig(out="", **{**BASE, **VARIANTS[name]})
         key = (cfg.photos, cfg.sub)
         if key not in cache:
             paths = ensure_photos(photo_dir(REPO / cfg.photo_root, cfg.photos, cfg.seed, cfg.width, cfg.height),
@@ -54,7 +74,7 @@ def main(argv: list[str] | None = None) -> None:
         t0, c0 = time.monotonic(), time.process_time()
         model, history = train(cfg, cache[key])
         r = score(model.backbone, demo, images, folds)
-        r.update(overrides=VARIANTS[name], last_epoch=history[-1], train_wall_s=round(time.monotonic() - t0, 1),
+        r.update(settings={**BASE, **VARIANTS[name]}, last_epoch=history[-1], train_wall_s=round(time.monotonic() - t0, 1),
                  train_cpu_s=round(time.process_time() - c0, 1))  # fmt: skip
         results[name] = r
         f = r["features"]

@@ -2,7 +2,7 @@
 from the demo's (issue #27); writes timm-format weights for --backbone-weights PATH.
 
     python -m src.pretrain_backbone --out results/demo/pretrained/tiny.safetensors \\
-        --image-size 64 --photos 400 --seed 1000 --epochs 60 --exclude data/demo
+        --image-size 64 --photos 1200 --seed 1000 --epochs 60 --exclude data/demo
 
 See ``src.pretrain`` for the objective. Deterministic given --seed (unless --minutes cuts it short).
 """
