@@ -59,8 +59,8 @@ def prepare(root: Path, name: str) -> dict:
     from src.data import depth, image_cache
     from src.data.folds import make_folds
     from src.data.schema import load_train
+    from src.data.synth import generate
     from src.models.depth_anything import make_tiny
-    from src.synth import generate
 
     data = root / name
     generate(data, n_train=120, n_test=4, **DATASETS[name])
@@ -74,7 +74,7 @@ def prepare(root: Path, name: str) -> dict:
 
 
 def _trainer(paths: dict, method: str, seed: int, epochs: int, out: Path, overrides: dict) -> dict:
-    from src.config import from_dict
+    from src.core.config import from_dict
     from src.training.run import run
 
     common = dict(data_dir=paths["data_dir"], fold_csv=paths["fold_csv"], image_cache_dir=paths["image_cache_dir"],
@@ -126,11 +126,11 @@ def _minimal(paths: dict, finetune: bool, seed: int, epochs: int, augment: bool 
     import pandas as pd
     import torch
 
+    from src.core.metrics import weighted_r2
+    from src.core.targets import TARGETS
     from src.data.folds import read_fold_csv
     from src.data.transforms import MEAN, STD
-    from src.metrics import weighted_r2
     from src.models.backbone import create_backbone
-    from src.targets import TARGETS
 
     images, x, cache = _halves(paths)
     folds = read_fold_csv(paths["fold_csv"], images, 5).to_numpy()

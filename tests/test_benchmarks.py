@@ -21,7 +21,7 @@ def test_quality_baselines_with_augmentation_see_the_trainers_pixels(tmp_path):
     import numpy as np
 
     from benchmarks import quality
-    from src.config import from_dict
+    from src.core.config import from_dict
     from src.data import image_cache
     from src.data.fold_stats import fold_statistics, vocabularies
     from src.training.fit import _train_dataset

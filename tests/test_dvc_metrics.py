@@ -8,10 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from src.dvc_metrics import write_dvc_metrics
-from src.errors import UserError
-from src.oof import PRED, TRUE
-from src.report import load_model_oofs, model_table
+from src.core.errors import UserError
+from src.reporting.dvc_metrics import write_dvc_metrics
+from src.reporting.report import load_model_oofs, model_table
+from src.rounds.oof import PRED, TRUE
 
 
 def _oof(n, rng, noise):

@@ -2,7 +2,7 @@
 
 import pytest
 
-from src.node_limits import Node, Request, parse_sinfo, too_big, visible_gpus
+from src.cluster.node_limits import Node, Request, parse_sinfo, too_big, visible_gpus
 
 
 @pytest.mark.parametrize("value, n", [("", 0), ("-1", 0), ("0", 1), ("0,1", 2), ("GPU-3f2a,GPU-77b1", 2), (" 2, 3 ,", 2)])

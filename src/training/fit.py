@@ -23,30 +23,30 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader, DistributedSampler
 
-from src.config import RUNTIME_ONLY, TrainConfig
-from src.data.dataset import BiomassDataset, EpochIndices
-from src.data.depth import load_for_config
-from src.data.fingerprint import files_hash, frame_hash
-from src.data.fold_stats import aux_targets, fold_statistics, vocabularies
-from src.data.mixup import Mixup
-from src.data.photo_prep import PhotoPrep
-from src.data.pseudo import PSEUDO, load_pseudo
-from src.data.transforms import HalfTransform
-from src.errors import UserError
-from src.io_utils import write_csv, write_json, write_parquet
-from src.losses import build_criterion
-from src.metrics import summary
-from src.models.biomass import BiomassModel, export_frame
-from src.oof import EPOCH_PREDS, PRED, TRUE
-from src.targets import SHORT, TARGETS
-from src.training import checkpoint as ckpt
-from src.training import cpu_budget, fold_files
-from src.training.averaging import TopK, make_ema
-from src.training.distributed import DistInfo, all_equal_check, any_rank, barrier
-from src.training.engine import evaluate, train_one_epoch
-from src.training.feature_cache import CachedBatches, CachedValidation, FeatureCache
-from src.training.monitor import Hints
-from src.training.optim import build_optimizer, build_scheduler, current_lrs
+from ..core.config import RUNTIME_ONLY, TrainConfig
+from ..core.errors import UserError
+from ..core.io_utils import write_csv, write_json, write_parquet
+from ..core.metrics import summary
+from ..core.targets import SHORT, TARGETS
+from ..data.dataset import BiomassDataset, EpochIndices
+from ..data.depth import load_for_config
+from ..data.fingerprint import files_hash, frame_hash
+from ..data.fold_stats import aux_targets, fold_statistics, vocabularies
+from ..data.mixup import Mixup
+from ..data.photo_prep import PhotoPrep
+from ..data.pseudo import PSEUDO, load_pseudo
+from ..data.transforms import HalfTransform
+from ..losses import build_criterion
+from ..models.biomass import BiomassModel, export_frame
+from ..rounds.oof import EPOCH_PREDS, PRED, TRUE
+from . import checkpoint as ckpt
+from . import cpu_budget, fold_files
+from .averaging import TopK, make_ema
+from .distributed import DistInfo, all_equal_check, any_rank, barrier
+from .engine import evaluate, train_one_epoch
+from .feature_cache import CachedBatches, CachedValidation, FeatureCache
+from .monitor import Hints
+from .optim import build_optimizer, build_scheduler, current_lrs
 
 
 @dataclass(frozen=True)

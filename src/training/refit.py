@@ -30,25 +30,25 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader, DistributedSampler
 
-from src.config import TrainConfig
-from src.data.dataset import BiomassDataset, EpochIndices
-from src.data.fold_stats import aux_targets, fold_statistics, vocabularies
-from src.data.mixup import Mixup
-from src.data.photo_prep import PhotoPrep
-from src.data.transforms import HalfTransform
-from src.errors import UserError
-from src.io_utils import write_csv, write_json, write_parquet
-from src.losses import build_criterion
-from src.metrics import summary
-from src.models.biomass import BiomassModel
-from src.targets import TARGETS
-from src.training import checkpoint as ckpt
-from src.training import cpu_budget, fold_files
-from src.training.averaging import make_ema
-from src.training.distributed import DistInfo, any_rank, barrier
-from src.training.engine import evaluate, train_one_epoch
-from src.training.feature_cache import CachedBatches, FeatureCache
-from src.training.fit import (
+from ..core.config import TrainConfig
+from ..core.errors import UserError
+from ..core.io_utils import write_csv, write_json, write_parquet
+from ..core.metrics import summary
+from ..core.targets import TARGETS
+from ..data.dataset import BiomassDataset, EpochIndices
+from ..data.fold_stats import aux_targets, fold_statistics, vocabularies
+from ..data.mixup import Mixup
+from ..data.photo_prep import PhotoPrep
+from ..data.transforms import HalfTransform
+from ..losses import build_criterion
+from ..models.biomass import BiomassModel
+from . import checkpoint as ckpt
+from . import cpu_budget, fold_files
+from .averaging import make_ema
+from .distributed import DistInfo, any_rank, barrier
+from .engine import evaluate, train_one_epoch
+from .feature_cache import CachedBatches, FeatureCache
+from .fit import (
     Stage,
     _divergence_fix,
     _rows,
@@ -57,7 +57,7 @@ from src.training.fit import (
     nonfinite_weights,
     oof_frame,
 )
-from src.training.optim import build_optimizer, build_scheduler
+from .optim import build_optimizer, build_scheduler
 
 FOLDER = "full"
 
@@ -97,7 +97,7 @@ def refit(cfg: TrainConfig, info: DistInfo, images: pd.DataFrame, per_rank_batch
     """The full-data refit; with --folds, the refit check of each of those folds instead."""
     if not cfg.folds:
         return _refit(cfg, info, images, per_rank_batch, inputs, depth, halves)
-    from src.training.run import resolve_folds  # run imports this module when it is called: no cycle
+    from .run import resolve_folds  # run imports this module when it is called: no cycle
 
     if Path(cfg.output_dir).resolve() == Path(cfg.refit_from).resolve():
         raise UserError(f"--refit-from {cfg.refit_from} --folds {cfg.folds}: the refit check would overwrite the CV "

@@ -20,10 +20,9 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from src.errors import Parser
-from src.io_utils import write_csv
-from src.progress import progress
-from src.targets import KAGGLE_ORDER
+from ..core.io_utils import write_csv
+from ..core.progress import progress
+from ..core.targets import KAGGLE_ORDER
 
 TRAIN_COLUMNS = [
     "sample_id", "image_path", "Sampling_Date", "State", "Species",
@@ -357,19 +356,3 @@ def generate(out: Path, n_train: int, n_test: int, seed: int = 0, width: int = 1
     write_csv(out / "test.csv", test[["sample_id", "image_path", "target_name"]])
     write_csv(out / "sample_submission.csv", test[["sample_id"]].assign(target=0))
     write_csv(out / "test_solution.csv", test[["sample_id", "target"]])
-
-
-def main(argv: list[str] | None = None) -> None:
-    p = Parser(prog="python -m src.synth", description=__doc__.splitlines()[0])
-    p.add_argument("--out", type=Path, required=True, help="output folder (created if missing)")
-    p.add_argument("--n-train", type=int, default=120, help="number of training images")
-    p.add_argument("--n-test", type=int, default=30, help="number of test images")
-    p.add_argument("--seed", type=int, default=0, help="random seed; same seed, byte-identical output")
-    p.add_argument("--width", type=int, default=1000, help="image width in px (two square halves)")
-    p.add_argument("--height", type=int, default=500, help="image height in px")
-    a = p.parse_args(argv)
-    generate(a.out, a.n_train, a.n_test, seed=a.seed, width=a.width, height=a.height)
-
-
-if __name__ == "__main__":
-    main()

@@ -1,4 +1,4 @@
-"""CLI: plots and the model table for a results folder (which phase of the guide won).
+"""Plots and the model table for a results folder (which phase of the guide won).
 
     python -m src.report --results-dir results --models M1 M2 --out-dir results/report
 
@@ -24,11 +24,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from src.errors import Parser, UserError, cli_main
-from src.io_utils import atomic_path, write_csv, write_text
-from src.metrics import per_group_r2, r2, summary, weighted_r2
-from src.oof import KINDS, LAST, PRED, SELECTED, TRUE
-from src.targets import SHORT, TARGETS
+from ..core.errors import UserError
+from ..core.io_utils import atomic_path, write_csv, write_text
+from ..core.metrics import per_group_r2, r2, summary, weighted_r2
+from ..core.targets import SHORT, TARGETS
+from ..rounds.oof import KINDS, LAST, PRED, SELECTED, TRUE
 
 ENSEMBLE = "ensemble"
 HOLDOUT = "holdout (ensemble)"
@@ -520,22 +520,3 @@ def make_report(results: str | Path, models: list[str], out_dir: str | Path) -> 
     for p in paths.values():
         print(f"wrote {p}")
     return paths
-
-
-def results_args(argv, prog: str, doc: str, default_out: str) -> tuple[Path, list[str], Path]:
-    """The CLIs that read a results folder (this one, src.dvc_metrics): results dir, models, out dir."""
-    ap = Parser(prog=prog, description=doc.split("\n\n")[0])
-    ap.add_argument("--results-dir", required=True, help="the pipeline's results folder (holds models/ and ensemble/)")
-    ap.add_argument("--models", nargs="+", required=True, help="model names under <results>/models/")
-    ap.add_argument("--out-dir", help=f"where to write (default <results>/{default_out})")
-    args = ap.parse_args(argv)
-    return Path(args.results_dir), args.models, Path(args.out_dir or Path(args.results_dir) / default_out)
-
-
-@cli_main
-def main(argv=None) -> None:
-    make_report(*results_args(argv, "python -m src.report", __doc__, "report"))
-
-
-if __name__ == "__main__":
-    main()

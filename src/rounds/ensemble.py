@@ -1,4 +1,4 @@
-"""CLI: merge a model's fold OOF files, and blend several models into the ensemble submission.
+"""Merge a model's fold OOF files, and blend several models into the ensemble submission.
 
     python -m src.ensemble merge-oof --model-dir results/models/M1 --n-folds 5
     python -m src.ensemble blend --results-dir results --models M1 M2 --data-dir data
@@ -18,12 +18,12 @@ import numpy as np
 import pandas as pd
 from scipy.optimize import nnls
 
-from src.errors import Parser, UserError, cli_main
-from src.inference import submission
-from src.io_utils import write_csv, write_json, write_parquet
-from src.metrics import weighted_r2
-from src.oof import PRED, TRUE, merge_oof, score
-from src.targets import TARGETS, WEIGHTS
+from ..core.errors import UserError
+from ..core.io_utils import write_csv, write_json, write_parquet
+from ..core.metrics import weighted_r2
+from ..core.targets import TARGETS, WEIGHTS
+from ..inference.predictor import submission
+from .oof import PRED, TRUE, score
 
 _SQRT_W = np.sqrt(np.array([WEIGHTS[t] for t in TARGETS]))
 
@@ -102,8 +102,8 @@ def blend(results: str | Path, models: list[str], data_dir: str | Path) -> dict:
           f"best single {best} {weighted_r2(y, p_oof[models.index(best)]):.4f}")
     solution = Path(data_dir) / "test_solution.csv"
     if solution.exists():
-        from src.score import holdout_scores
-        from src.score import score as score_submission
+        from .score import holdout_scores
+        from .score import score as score_submission
 
         holdout = score_submission(out / "submission.csv", solution)
         # Each model's own (the mean of its folds), so the report can set it beside the model's OOF scores.
@@ -113,26 +113,3 @@ def blend(results: str | Path, models: list[str], data_dir: str | Path) -> dict:
               + ", ".join(f"{m} {s['weighted_r2']:.4f}" for m, s in holdout["models"].items()))
     print(f"wrote {out / 'submission.csv'}")
     return metrics
-
-
-@cli_main
-def main(argv=None) -> None:
-    ap = Parser(prog="python -m src.ensemble", description=__doc__.split("\n\n")[0])
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    m = sub.add_parser("merge-oof", help="fold*/oof.parquet -> oof.parquet + oof_metrics.json")
-    m.add_argument("--model-dir", required=True)
-    m.add_argument("--n-folds", type=int, required=True)
-    b = sub.add_parser("blend", help="ensemble models into results/ensemble/submission.csv")
-    b.add_argument("--results-dir", required=True)
-    b.add_argument("--models", nargs="+", required=True)
-    b.add_argument("--data-dir", required=True)
-    args = ap.parse_args(argv)
-    if args.cmd == "merge-oof":
-        s = merge_oof(args.model_dir, args.n_folds, require_all=True)
-        print(f"{args.model_dir}: OOF weighted_r2 {s['weighted_r2']:.4f} over folds {s['folds']}")
-    else:
-        blend(args.results_dir, args.models, args.data_dir)
-
-
-if __name__ == "__main__":
-    main()

@@ -1,4 +1,4 @@
-"""CLI: pseudo-labels for round 2, one CSV per fold, and the blend of round 1 with round 2.
+"""Pseudo-labels for round 2, one CSV per fold, and the blend of round 1 with round 2.
 
     python -m src.pseudo_labels make --results-dir results --models M1 M2 --data-dir data --n-folds 5
     python -m src.pseudo_labels blend --results-dir results
@@ -27,13 +27,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from src.data.schema import load_test
-from src.ensemble import _load, choose_blend
-from src.errors import Parser, UserError, cli_main
-from src.io_utils import read_result, write_csv, write_json, write_parquet
-from src.metrics import weighted_r2
-from src.oof import PRED, TRUE
-from src.targets import TARGETS
+from ..core.errors import UserError
+from ..core.io_utils import read_result, write_csv, write_json, write_parquet
+from ..core.metrics import weighted_r2
+from ..core.targets import TARGETS
+from ..data.schema import load_test
+from .ensemble import _load, choose_blend
+from .oof import PRED, TRUE
 
 ALPHAS = np.round(np.linspace(0, 1, 11), 2)
 TOTAL = TARGETS.index("Dry_Total_g")
@@ -141,28 +141,3 @@ def blend(results: str | Path) -> dict:
           f"round 2 {s['round2']:.4f}, blend {s['blend']:.4f} (nested {s['blend_nested']:.4f})")
     print(f"round 2 {'kept' if kept else 'NOT kept'}: {why}")
     return out
-
-
-@cli_main
-def main(argv=None) -> None:
-    ap = Parser(prog="python -m src.pseudo_labels", description=__doc__.split("\n\n")[0])
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    m = sub.add_parser("make", help="round2/pseudo/fold<k>.csv from the round-1 fold models' test predictions")
-    m.add_argument("--results-dir", required=True)
-    m.add_argument("--models", nargs="+", required=True)
-    m.add_argument("--data-dir", required=True)
-    m.add_argument("--n-folds", type=int, required=True)
-    m.add_argument("--keep-fraction", type=float, default=0.7)
-    b = sub.add_parser("blend", help="round2/blend.json: round 1 and round 2 blended on OOF")
-    b.add_argument("--results-dir", required=True)
-    args = ap.parse_args(argv)
-    if args.cmd == "make":
-        if not 0 < args.keep_fraction <= 1:
-            raise UserError(f"--keep-fraction {args.keep_fraction} must be within 0..1 (0 excluded)")
-        make(args.results_dir, args.models, args.data_dir, args.n_folds, args.keep_fraction)
-    else:
-        blend(args.results_dir)
-
-
-if __name__ == "__main__":
-    main()

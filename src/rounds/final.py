@@ -1,4 +1,4 @@
-"""CLI: the final submission: the chosen models' test predictions blended, then post-processed.
+"""The final submission: the chosen models' test predictions blended, then post-processed.
 
     python -m src.final --results-dir results --data-dir data/raw [--round2] [--refit [--no-refit-evidence]]
 
@@ -26,18 +26,18 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from src.errors import Parser, UserError, cli_main
-from src.inference import submission
-from src.io_utils import read_result, write_csv, write_json, write_parquet
-from src.metrics import weighted_r2
-from src.oof import PRED, TRUE
-from src.targets import TARGETS
+from ..core.errors import UserError
+from ..core.io_utils import read_result, write_csv, write_json, write_parquet
+from ..core.metrics import weighted_r2
+from ..core.targets import TARGETS
+from ..inference.predictor import submission
+from .oof import PRED, TRUE
 
 
 def combine(recipe: dict, preds: dict[str, pd.DataFrame]) -> pd.DataFrame:
     """image_id + the five targets: the members' weighted sum (in the recipe's order), then the
     post-processing. ``preds``: each member's predictions by its model_dir, any row order."""
-    from src.postprocess import apply
+    from .postprocess import apply
 
     members = recipe["members"]
     first = preds[members[0]["model_dir"]].sort_values("image_id", kind="stable").reset_index(drop=True)
@@ -57,7 +57,7 @@ def predict_members(recipe: dict, root: str | Path, data_dir: str | Path, depth_
                     device: str = "cpu") -> dict[str, pd.DataFrame]:
     """Each member's test predictions from its checkpoints under ``root`` (the results dir or a
     Kaggle package), as the pipeline's predict rules make them."""
-    from src.inference import load_fold_models, predict_split
+    from ..inference.predictor import load_fold_models, predict_split
 
     kw = recipe.get("predict", {})
     out = {}
@@ -138,7 +138,7 @@ def refit_evidence(results: str | Path, models: list[str]) -> dict[str, dict]:
 
 def _holdout(frame: pd.DataFrame, data_dir: Path) -> float | None:
     """Weighted R^2 on the demo's hidden test truth (None on real data, which has none)."""
-    from src.score import holdout_scores
+    from .score import holdout_scores
 
     path = data_dir / "test_solution.csv"
     return holdout_scores(frame, path)["weighted_r2"] if path.exists() else None
@@ -150,7 +150,7 @@ def build(results: str | Path, data_dir: str | Path, round2: bool = False, refit
     ``refit``: test predictions from the full-data refits; with ``refit_evidence_required`` only
     the models whose refit check says so (``refit_decision``; ``final/refit_evidence.json``), and
     round 2's refit of a model follows that model's round-1 decision."""
-    from src.postprocess import apply_oof
+    from .postprocess import apply_oof
 
     results, data_dir = Path(results), Path(data_dir)
     ens = read_result(results / "ensemble/weights.json", "run the ensemble rule first")["weights"]
@@ -222,26 +222,3 @@ def build(results: str | Path, data_dir: str | Path, round2: bool = False, refit
         print(" | ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in s.items()))
     print(f"wrote {results / 'submission.csv'} ({len(recipe['members'])} members)")
     return recipe
-
-
-@cli_main
-def main(argv=None) -> None:
-    ap = Parser(prog="python -m src.final", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--results-dir", required=True)
-    ap.add_argument("--data-dir", required=True, help="Kaggle-layout folder with test.csv")
-    ap.add_argument("--round2", action="store_true", help="blend in the pseudo-label round (round2/blend.json)")
-    ap.add_argument("--refit", action="store_true", help="test predictions from the full-data refits (refit/<model>, "
-                    "round2/refit/<model>) instead of the folds' mean")
-    ap.add_argument("--no-refit-evidence", dest="refit_evidence", action="store_false", help="with --refit: use every "
-                    "refit as configured; by default only the models whose refit check (refit_check/<model>/oof.parquet) "
-                    "beats the fold models' OOF (models/<model>/oof.parquet) by more than its standard error over the "
-                    "folds, and final/refit_evidence.json says why")
-    ap.add_argument("--no-tta", dest="tta", action="store_false", help="the recipe's prediction settings (as the predict rule)")
-    ap.add_argument("--tta-scales", nargs="+", type=float, default=[1.0])
-    args = ap.parse_args(argv)
-    build(args.results_dir, args.data_dir, args.round2, args.refit, {"tta": args.tta, "tta_scales": args.tta_scales},
-          refit_evidence_required=args.refit_evidence)
-
-
-if __name__ == "__main__":
-    main()

@@ -1,4 +1,4 @@
-"""CLI: the offline Kaggle dataset of a run: the final recipe's models, the depth model, this
+"""The offline Kaggle dataset of a run: the final recipe's models, the depth model, this
 project's wheel and the dependency wheels a stock Kaggle image lacks, one inference script.
 
     python -m src.kaggle_package --results-dir results --out results/kaggle [--kaggle-user NAME]
@@ -32,13 +32,13 @@ from pathlib import Path, PurePosixPath
 
 import yaml
 
-from src.config import TrainConfig
-from src.errors import Parser, UserError, cli_main
-from src.inference import CHECKPOINT
-from src.io_utils import write_json, write_text
-from src.models.depth_anything import model_id
+from ..core.config import TrainConfig
+from ..core.errors import UserError
+from ..core.io_utils import write_json, write_text
+from ..inference.predictor import CHECKPOINT
+from ..models.depth_anything import model_id
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 REQUIREMENTS = REPO / "requirements-kaggle.txt"
 PROJECT = "pasture-biomass"
 PLACEHOLDER_USER = "YOUR_KAGGLE_USERNAME"
@@ -51,7 +51,7 @@ import sys
 from pathlib import Path
 
 try:
-    from src.kaggle_infer import main
+    from pasture_biomass.kaggle_infer import main
 except ImportError as exc:
     here = Path(__file__).resolve().parent
     sys.exit(f"error: {exc}; install the package first: pip install --no-index --find-links {here / 'wheels'} "
@@ -273,24 +273,3 @@ def build(results: str | Path, out: str | Path, wheels_dir: str | Path | None = 
     print(f"wrote {out}: {len(recipe['members'])} member(s), {project.name} + {len(deps)} dependency wheels, "
           f"{size:.1f} MB")
     return out
-
-
-@cli_main
-def main(argv=None) -> None:
-    p = Parser(prog="python -m src.kaggle_package", description=__doc__.split("\n\n")[0])
-    p.add_argument("--results-dir", required=True, help="the run's results folder (final/recipe.json, models/)")
-    p.add_argument("--out", help="package folder (default: <results-dir>/kaggle)")
-    p.add_argument("--wheels-dir", help="where requirements-kaggle.txt's wheels are (default: <this venv>/wheels, "
-                   "filled by make .venv/.installed)")  # fmt: skip
-    p.add_argument("--kaggle-user", default="", help=f"Kaggle username of the dataset id (default: $KAGGLE_USERNAME, "
-                   f"else {PLACEHOLDER_USER}: edit dataset-metadata.json before uploading)")  # fmt: skip
-    p.add_argument("--slug", default="pasture-biomass-inference", help="the dataset's name in its id and its "
-                   "/kaggle/input/<slug> folder (default: pasture-biomass-inference)")  # fmt: skip
-    p.add_argument("--license", default="other", help="Kaggle licence name of the dataset (default: other)")
-    args = p.parse_args(argv)
-    build(args.results_dir, args.out or Path(args.results_dir) / "kaggle", args.wheels_dir, args.kaggle_user,
-          args.slug, license_name=args.license)  # fmt: skip
-
-
-if __name__ == "__main__":
-    main()

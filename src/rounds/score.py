@@ -1,14 +1,14 @@
-"""CLI: score a Kaggle-format submission against a solution file (e.g. the demo's hidden truth)."""
+"""Score a Kaggle-format submission against a solution file (e.g. the demo's hidden truth)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 
-from src.data.schema import read_csv
-from src.errors import Parser, UserError, cli_main
-from src.metrics import summary
-from src.targets import TARGETS
+from ..core.errors import UserError
+from ..core.metrics import summary
+from ..core.targets import TARGETS
+from ..data.schema import read_csv
 
 
 def long_to_wide(df: pd.DataFrame, path) -> pd.DataFrame:
@@ -45,18 +45,3 @@ def holdout_scores(pred: pd.DataFrame, solution_path) -> dict[str, float]:
     if missing:
         raise UserError(f"{len(missing)} image(s) of {solution_path} have no prediction, e.g. {missing[0]}")
     return summary(y.to_numpy(), pred.set_index("image_id").loc[y.index, list(TARGETS)].to_numpy(np.float64))
-
-
-@cli_main
-def main(argv=None) -> None:
-    ap = Parser(prog="python -m src.score", description=__doc__)
-    ap.add_argument("--submission", required=True, help="sample_id,target CSV")
-    ap.add_argument("--solution", required=True, help="sample_id,target CSV with the true values")
-    args = ap.parse_args(argv)
-    s = score(args.submission, args.solution)
-    print(f"holdout weighted_r2 {s['weighted_r2']:.4f} (log {s['weighted_r2_log']:.4f}) | "
-          + " ".join(f"{k} {v:.3f}" for k, v in s.items() if k.startswith("r2_")))
-
-
-if __name__ == "__main__":
-    main()

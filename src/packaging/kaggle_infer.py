@@ -1,15 +1,14 @@
 """Kaggle-side inference of a package built by ``src.kaggle_package``: the recipe's members run on
 ``<data-dir>/test.csv`` exactly as the pipeline ran them, then ``submission.csv``.
 
-The package's ``infer.py`` calls ``main``; the wheel of this project must be installed
-(``pip install --no-index --find-links <package>/wheels pasture-biomass``). The input folder is
+The package's ``infer.py`` calls ``main`` of ``src/kaggle_infer.py`` (``pasture_biomass.kaggle_infer``
+once installed), which calls ``run``; the wheel of this project must be installed (``pip install --no-index --find-links <package>/wheels pasture-biomass``). The input folder is
 read-only on Kaggle, so everything made here (the members' configs with the depth model's path
 resolved, the test depth caches) goes under ``--work-dir``.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -20,34 +19,21 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 import pandas as pd
 import yaml
 
-from src.data.depth import build_cache, cache_path
-from src.data.photo_prep import PhotoPrep
-from src.data.schema import load_test
-from src.errors import Parser, UserError, cli_main
-from src.final import predict_members, submission_of
-from src.inference import CHECKPOINT
-from src.io_utils import write_csv, write_text
-from src.models.depth_anything import model_id
-from src.training.checkpoint import load_config
-from src.training.distributed import pick_device
+from ..core.errors import UserError
+from ..core.io_utils import write_csv, write_text
+from ..data.depth import build_cache, cache_path
+from ..data.photo_prep import PhotoPrep
+from ..data.schema import load_test
+from ..inference.predictor import CHECKPOINT
+from ..models.depth_anything import model_id
+from ..rounds.final import predict_members, submission_of
+from ..training.checkpoint import load_config
+from ..training.distributed import pick_device
 
 # The competition's data as Kaggle mounts it in a notebook (kaggle.com/competitions/csiro-biomass).
 KAGGLE_DATA = "/kaggle/input/csiro-biomass"
 KAGGLE_WORK = "/kaggle/working"
 DEPTH_BATCH = 8  # the pipeline's depth.batch_size in every shipped config
-
-
-def build_parser(package_dir: Path) -> argparse.ArgumentParser:
-    p = Parser(prog="python infer.py", description=__doc__.split("\n\n")[0])
-    p.add_argument("--data-dir", default=KAGGLE_DATA, help=f"competition folder with test.csv, sample_submission.csv "
-                   f"and test/ (default: {KAGGLE_DATA})")  # fmt: skip
-    p.add_argument("--package-dir", default=str(package_dir), help="this package: recipe.json, models/, depth/ "
-                   "(default: the folder holding infer.py)")  # fmt: skip
-    p.add_argument("--work-dir", default=KAGGLE_WORK, help=f"writable scratch folder (default: {KAGGLE_WORK})")
-    p.add_argument("--out", help="submission file (default: <work-dir>/submission.csv)")
-    p.add_argument("--device", choices=("auto", "cuda", "mps", "cpu"), default="auto",
-                   help="auto (cuda > mps > cpu), cuda, mps or cpu (default: auto)")  # fmt: skip
-    return p
 
 
 def _link(src: Path, dst: Path) -> None:
@@ -184,9 +170,3 @@ def run(package_dir: str | Path, data_dir: str | Path, work_dir: str | Path, out
     print(f"wrote {out} ({len(sub)} rows, {len(recipe['members'])} member(s))")
     print(f"{took:.1f} s for {n} test images on {dev}: {took / max(n, 1):.3f} s per image (depth + models)")
     return sub
-
-
-@cli_main
-def main(argv=None, package_dir: Path | None = None) -> None:
-    args = build_parser(package_dir or Path.cwd()).parse_args(argv)
-    run(args.package_dir, args.data_dir, args.work_dir, args.out, args.device)

@@ -42,11 +42,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from src.errors import Parser, UserError, cli_main
-from src.io_utils import write_json
-from src.metrics import weighted_r2
-from src.oof import PRED, TRUE
-from src.targets import COMPOSITION, TARGETS, WEIGHTS
+from ..core.errors import UserError
+from ..core.metrics import weighted_r2
+from ..core.targets import COMPOSITION, TARGETS, WEIGHTS
+from .oof import PRED, TRUE
 
 COMPONENTS: tuple[str, ...] = TARGETS[:3]  # Green, Dead, Clover: TARGETS begins with the components
 KEEP_SE = 1.0  # a kept step's mean per-fold gain exceeds this many standard errors of it (and its pooled gain 0)
@@ -306,23 +305,11 @@ def table(params: dict) -> str:
     return "\n".join(rows)
 
 
-@cli_main
-def main(argv=None) -> None:
-    ap = Parser(prog="python -m src.postprocess", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--oof", required=True, help="merged OOF parquet of the blend (image_id, fold, State, true_*, pred_*)")
-    ap.add_argument("--out", required=True, help="JSON of the chosen steps and their parameters")
-    args = ap.parse_args(argv)
-    if not Path(args.oof).exists():
-        raise UserError(f"{args.oof} not found; run the ensemble first (python -m src.ensemble blend ...)")
+def read_oof(path: str | Path) -> pd.DataFrame:
+    """The blend's merged OOF frame; a missing or unreadable file is a UserError that says which step makes it."""
+    if not Path(path).exists():
+        raise UserError(f"{path} not found; run the ensemble first (python -m src.ensemble blend ...)")
     try:
-        oof = pd.read_parquet(args.oof)
+        return pd.read_parquet(path)
     except (OSError, ValueError) as exc:
-        raise UserError(f"{args.oof}: not a readable parquet file ({exc}); rerun the step that wrote it") from exc
-    params = fit(oof, source=args.oof)
-    write_json(args.out, params)
-    print(table(params))
-    print(f"wrote {args.out}")
-
-
-if __name__ == "__main__":
-    main()
+        raise UserError(f"{path}: not a readable parquet file ({exc}); rerun the step that wrote it") from exc

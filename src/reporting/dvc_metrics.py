@@ -1,4 +1,4 @@
-"""CLI: the results folder as DVC reads it: metrics for `dvc exp show` / `dvc metrics diff` and
+"""The results folder as DVC reads it: metrics for `dvc exp show` / `dvc metrics diff` and
 plot data for `dvc plots show`.
 
     python -m src.dvc_metrics --results-dir results --models M1 M2 --out-dir results/metrics
@@ -26,10 +26,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from src.errors import UserError, cli_main
-from src.io_utils import write_json
-from src.oof import PRED, TRUE
-from src.report import (
+from ..core.errors import UserError
+from ..core.io_utils import write_json
+from ..core.targets import SHORT, TARGETS
+from ..rounds.oof import PRED, TRUE
+from .report import (
     ENSEMBLE,
     HOLDOUT,
     METRIC_COLUMNS,
@@ -38,9 +39,7 @@ from src.report import (
     model_table,
     read_histories,
     read_json,
-    results_args,
 )
-from src.targets import SHORT, TARGETS
 
 CURVE_COLUMNS = ["weighted_r2", "val_loss", "train_loss"]
 
@@ -115,12 +114,3 @@ def write_dvc_metrics(results: str | Path, models: list[str], out_dir: str | Pat
     source = ENSEMBLE if ensemble is not None else ranked[0]
     print(f"wrote {out_dir}: scores of {', '.join(scores)}; {len(curves)} learning curves; OOF scatters of {source}")
     return out_dir
-
-
-@cli_main
-def main(argv=None) -> None:
-    write_dvc_metrics(*results_args(argv, "python -m src.dvc_metrics", __doc__, "metrics"))
-
-
-if __name__ == "__main__":
-    main()
