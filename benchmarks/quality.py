@@ -18,7 +18,7 @@ same initial weights per seed and fold), 64 px halves, batch 8, epochs and LR wi
               trainer's own dataset, so the pair sees equal data and differs only in the machinery
 
 Scores are unbiased: (a) and (b) are scored at their last epoch (nothing chosen), (c)-(e) at the
-epoch chosen on the other folds' validation curves (``src.oof``), their optimistic score (each
+epoch chosen on the other folds' validation curves (``src.rounds.oof``), their optimistic score (each
 fold's own best epoch, chosen on the images that score it) shown beside it as "sel".
 
 Goal: (c) >= (a) and (d) >= (b) at both epoch counts, on the unbiased scores. (c) and (d) run without depth; (e) is the

@@ -3,7 +3,7 @@
     python -m src.dinov3_train [OPTIONS]
     torchrun --nproc_per_node=N -m src.dinov3_train [OPTIONS]
 
-Flags are generated from ``src.config.TrainConfig``; see ``--help``.
+Flags are generated from ``src.core.config.TrainConfig``; see ``--help``.
 """
 
 from __future__ import annotations

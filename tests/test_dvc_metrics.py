@@ -1,4 +1,4 @@
-"""The results folder as DVC reads it (src/dvc_metrics.py): scores equal the report's table, the
+"""The results folder as DVC reads it (src/reporting/dvc_metrics.py): scores equal the report's table, the
 learning curve averages the folds, the scatter is the ensemble's OOF, a rerun replaces the folder."""
 
 import json

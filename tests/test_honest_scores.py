@@ -1,4 +1,4 @@
-"""Scores that chose nothing (src/oof.py): each fold is scored at the epoch chosen on the OTHER
+"""Scores that chose nothing (src/rounds/oof.py): each fold is scored at the epoch chosen on the OTHER
 folds' validation curves and at its last epoch, beside its own best epoch (optimistic); the
 trainer keeps every epoch's validation predictions for it."""
 

@@ -1,4 +1,4 @@
-"""What a machine or SLURM node can give a job (src/node_limits.py)."""
+"""What a machine or SLURM node can give a job (src/cluster/node_limits.py)."""
 
 import pytest
 

@@ -1,6 +1,6 @@
 """Full-data refits are used only on evidence: the refit check (the refit procedure per fold, scored
 on the fold's validation images) must beat the fold models' OOF, pooled and beyond its standard
-error over the folds (src.final.refit_decision); its epochs come from the other folds only."""
+error over the folds (src.rounds.final.refit_decision); its epochs come from the other folds only."""
 
 import json
 

@@ -154,7 +154,7 @@ def test_round_2_is_kept_only_when_its_nested_oof_beats_round_1(tmp_path, capsys
 
 
 def _old_choice(p_oof, y, folds):
-    """src.ensemble.blend's choice as it was written before choose_blend, for the comparison."""
+    """src.rounds.ensemble.blend's choice as it was written before choose_blend, for the comparison."""
     sw = np.sqrt(np.array([WEIGHTS[t] for t in TARGETS]))
 
     def fit(p, yy):

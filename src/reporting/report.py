@@ -8,7 +8,7 @@ the ensemble ran, ``<results>/ensemble/{oof.parquet, weights.json, holdout.json}
 ``pred_vs_true.png``, ``r2_by_state.png``, ``learning_curves.png``, ``model_table.csv`` and
 ``model_table.md`` into the output folder. The table's scores are recomputed from the OOF
 parquet files (the source of truth), so they always match the plots. Models are ranked by their
-unbiased score (``oof.parquet``: each fold at an epoch chosen on the other folds, ``src.oof``);
+unbiased score (``oof.parquet``: each fold at an epoch chosen on the other folds, ``src.rounds.oof``);
 the optimistic one (each fold's own best epoch, ``oof_selected.parquet``) and the last epoch's
 (``oof_last.parquet``) stand beside it, labelled.
 """

@@ -5,7 +5,7 @@
 
 ``make``: fold k's test images are labelled by the round-1 ensemble of fold k's models only
 (``models/<m>/test_pred_folds.parquet``), its method (mean or NNLS) and weights chosen as the ensemble
-chooses them (``src.ensemble.choose_blend``) on the models' OOF rows of the other folds only
+chooses them (``src.rounds.ensemble.choose_blend``) on the models' OOF rows of the other folds only
 (``models/<m>/oof.parquet``). Neither those models nor that choice saw fold k's validation images, so
 round 2's fold k learns nothing about them through the labels and its OOF score stays honest. Kept: the
 ``--keep-fraction`` of images whose models agree best (lowest relative spread of their Total; with one
@@ -41,7 +41,7 @@ TOTAL = TARGETS.index("Dry_Total_g")
 
 def fold_choices(results: Path, models: list[str], n_folds: int) -> dict[str, dict]:
     """Per fold k: the round-1 ensemble's method and weights chosen on the models' OOF rows of the
-    other folds only (rows aligned by image_id), as ``src.ensemble.blend`` chooses on all of them."""
+    other folds only (rows aligned by image_id), as ``src.rounds.ensemble.blend`` chooses on all of them."""
     oofs = _load(results, models, "oof.parquet", "run the model's merge rule (python -m src.ensemble merge-oof --model-dir ...)")
     folds = oofs[0]["fold"].to_numpy()
     for m, f in zip(models, oofs):

@@ -4,7 +4,7 @@ Files under ``<output_dir>/fold<k>/``: ``best.safetensors`` + ``config.yaml`` (b
 weighted R^2 over both stages), ``last.safetensors`` + ``last_state.pt`` (resume),
 ``history.csv`` (one row per epoch), ``oof.parquet`` (the best epoch's validation predictions),
 ``epoch_preds.parquet`` (every epoch's validation predictions: the model's merge scores each fold
-at an epoch chosen on the other folds, ``src.oof``) and ``metrics.json`` (written when the fold is
+at an epoch chosen on the other folds, ``src.rounds.oof``) and ``metrics.json`` (written when the fold is
 finished).
 
 An epoch with a non-finite training loss, weight or validation score ends the fold (no later epoch
