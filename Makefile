@@ -10,7 +10,7 @@ DEMO_DIR := data/demo
 
 .PHONY: demo test test-slow lint bench gpu-check clean-demo mutation slurm-acceptance
 
-# .venv/wheels: the dependency wheels of the offline Kaggle package (src.kaggle_package), downloaded
+# .venv/wheels: the dependency wheels of the offline Kaggle package (src.kaggle_package, src/packaging/), downloaded
 # once here because its build (and its test) run without network.
 .venv/.installed: requirements.txt requirements-kaggle.txt
 	@test -x $(PY) || python3 -m venv .venv

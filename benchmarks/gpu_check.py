@@ -61,7 +61,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 # The project's modules are imported where they are used: without CUDA the script answers at once.
 if TYPE_CHECKING:
-    from src.config import TrainConfig
+    from src.core.config import TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO / "benchmarks" / "results" / "gpu_check.json"
@@ -111,7 +111,7 @@ def stats(device) -> dict[str, torch.Tensor]:
 
 
 def config(size: str, px: int, **kw) -> TrainConfig:
-    from src.config import TrainConfig
+    from src.core.config import TrainConfig
 
     return TrainConfig(backbone_size=size, backbone_weights="none", image_size=px, use_depth=False,
                        depth_attention=False, **kw)  # fmt: skip
@@ -590,7 +590,7 @@ def jsonable(obj):
 
 
 def write(out: Path, result: dict) -> str:
-    from src.io_utils import write_text
+    from src.core.io_utils import write_text
 
     text = json.dumps(jsonable(result), indent=2)
     write_text(out, text + "\n")  # a temporary file beside it, renamed onto it

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from src.config import TrainConfig
+from src.core.config import TrainConfig
 from src.models.backbone import is_lora
 from src.models.biomass import BiomassModel
 

@@ -38,8 +38,8 @@ def demo_data(data_dir: Path, s: dict):
     """The demo's training images (one row each, five masses), their folds and halves."""
     from src.data.folds import make_folds
     from src.data.schema import load_train
+    from src.data.synth import generate
     from src.pretrain.data import load_halves
-    from src.synth import generate
 
     if not (data_dir / "train.csv").is_file():
         generate(data_dir, s["n_train"], s["n_test"], seed=s["seed"], width=s["width"], height=s["height"])
@@ -84,8 +84,8 @@ def gammas(backbone: torch.nn.Module) -> list[dict]:
 
 
 def score(backbone, halves, images, folds) -> dict:
-    from src.metrics import per_target_r2, weighted_r2
-    from src.targets import TARGETS
+    from src.core.metrics import per_target_r2, weighted_r2
+    from src.core.targets import TARGETS
 
     y = images[list(TARGETS)].to_numpy(np.float64)
     out = {}
@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def table(runs: dict) -> str:
-    from src.targets import TARGETS
+    from src.core.targets import TARGETS
 
     short = [t.replace("Dry_", "").replace("_g", "") for t in TARGETS]
     lines = [

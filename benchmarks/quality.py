@@ -18,7 +18,7 @@ same initial weights per seed and fold), 64 px halves, batch 8, epochs and LR wi
               trainer's own dataset, so the pair sees equal data and differs only in the machinery
 
 Scores are unbiased: (a) and (b) are scored at their last epoch (nothing chosen), (c)-(e) at the
-epoch chosen on the other folds' validation curves (``src.oof``), their optimistic score (each
+epoch chosen on the other folds' validation curves (``src.rounds.oof``), their optimistic score (each
 fold's own best epoch, chosen on the images that score it) shown beside it as "sel".
 
 Goal: (c) >= (a) and (d) >= (b) at both epoch counts, on the unbiased scores. (c) and (d) run without depth; (e) is the
@@ -59,8 +59,8 @@ def prepare(root: Path, name: str) -> dict:
     from src.data import depth, image_cache
     from src.data.folds import make_folds
     from src.data.schema import load_train
+    from src.data.synth import generate
     from src.models.depth_anything import make_tiny
-    from src.synth import generate
 
     data = root / name
     generate(data, n_train=120, n_test=4, **DATASETS[name])
@@ -74,7 +74,7 @@ def prepare(root: Path, name: str) -> dict:
 
 
 def _trainer(paths: dict, method: str, seed: int, epochs: int, out: Path, overrides: dict) -> dict:
-    from src.config import from_dict
+    from src.core.config import from_dict
     from src.training.run import run
 
     common = dict(data_dir=paths["data_dir"], fold_csv=paths["fold_csv"], image_cache_dir=paths["image_cache_dir"],
@@ -126,11 +126,11 @@ def _minimal(paths: dict, finetune: bool, seed: int, epochs: int, augment: bool 
     import pandas as pd
     import torch
 
+    from src.core.metrics import weighted_r2
+    from src.core.targets import TARGETS
     from src.data.folds import read_fold_csv
     from src.data.transforms import MEAN, STD
-    from src.metrics import weighted_r2
     from src.models.backbone import create_backbone
-    from src.targets import TARGETS
 
     images, x, cache = _halves(paths)
     folds = read_fold_csv(paths["fold_csv"], images, 5).to_numpy()

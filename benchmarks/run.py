@@ -48,7 +48,7 @@ def _timeit(fn, repeat: int = 1) -> float:
 def _synth(root: Path, n: int, width: int = 2000, height: int = 1000) -> Path:
     from src.data.folds import make_folds
     from src.data.schema import load_train
-    from src.synth import generate
+    from src.data.synth import generate
 
     data = root / "data"
     generate(data, n_train=n, n_test=max(2, n // 8), seed=0, width=width, height=height)
@@ -78,7 +78,7 @@ def bench_data(root: Path, quick: bool) -> dict:
 
 
 def bench_stage1(root: Path, quick: bool) -> dict:
-    from src.config import TrainConfig
+    from src.core.config import TrainConfig
     from src.training.run import run
 
     data = _synth(root, 16 if quick else 40, 448, 224)
@@ -130,7 +130,7 @@ def _gpu_steps(size: str, px: int, quick: bool, peak: float, data: Path, cache_r
     ``dev`` is CUDA in the benchmark; tests run the same code on the CPU with a tiny model."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from src.config import TrainConfig
+    from src.core.config import TrainConfig
     from src.losses import build_criterion
     from src.models.biomass import BiomassModel
     from src.training.engine import autocast
@@ -198,8 +198,8 @@ def bench_gpu(root: Path, quick: bool) -> dict:
 
 
 def bench_infer(root: Path, quick: bool) -> dict:
-    from src.config import TrainConfig
-    from src.inference import predict_images
+    from src.core.config import TrainConfig
+    from src.inference.predictor import predict_images
     from src.models.biomass import BiomassModel
 
     data = _synth(root, 16, 448, 224)
@@ -217,7 +217,7 @@ def bench_infer(root: Path, quick: bool) -> dict:
 
 
 def bench_demo(root: Path, quick: bool) -> dict:
-    from src.project_copy import copy_project
+    from tests.project_copy import copy_project
 
     repo = copy_project(root / "repo")
     env = {**os.environ, "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ["PATH"]}

@@ -43,7 +43,7 @@ GOAL = 2.0
 def make_data(root: Path) -> Path:
     from src.data.folds import make_folds
     from src.data.schema import load_train
-    from src.synth import generate
+    from src.data.synth import generate
 
     data = Path(root) / "data"
     generate(data, n_train=N_PHOTOS, n_test=4, seed=0, width=WIDTH, height=HEIGHT)
@@ -72,10 +72,10 @@ def minimal(data: Path) -> float:
     import pandas as pd
     import torch
 
+    from src.core.metrics import weighted_r2
+    from src.core.targets import TARGETS
     from src.data.photos import read_rgb
-    from src.metrics import weighted_r2
     from src.models.backbone import create_backbone
-    from src.targets import TARGETS
 
     long = pd.read_csv(data / "train.csv")
     long["image_id"] = long["sample_id"].str.split("__").str[0]

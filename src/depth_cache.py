@@ -4,23 +4,23 @@ from __future__ import annotations
 
 import argparse
 
-from src.data.depth import build_cache, cache_path
-from src.data.photo_prep import PhotoPrep
-from src.errors import Parser, cli_main
-from src.models.depth_anything import BACKENDS, HUB_IDS, make_tiny, model_id
+from .core.cli import add_data_dir, add_photo_prep, parser
+from .core.errors import cli_main
+from .data.depth import build_cache, cache_path
+from .data.photo_prep import PhotoPrep
+from .models.depth_anything import BACKENDS, HUB_IDS, make_tiny, model_id
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = Parser(prog="python -m src.depth_cache", description=__doc__)
-    p.add_argument("--data-dir", default="data", help="Kaggle-layout folder (default: data)")
+    p = parser("depth_cache", __doc__)
+    add_data_dir(p)
     p.add_argument("--split", choices=("train", "test"), default="train")
     p.add_argument("--model-size", choices=tuple(HUB_IDS), default="small", help="default: small")
     p.add_argument("--model", default="", help="hub id or local directory (default: the hub id of --model-size)")
     p.add_argument("--backend", choices=BACKENDS, default="torchvision", help="image processor backend")
     p.add_argument("--resolution", type=int, default=64, help="stored pixels per side of each half (default: 64)")
     p.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default: 8)")
-    p.add_argument("--clean-date-stamp", action="store_true", help="as the trainer's --clean-date-stamp")
-    p.add_argument("--crop-bottom", type=float, default=0.0, help="as the trainer's --crop-bottom")
+    add_photo_prep(p)
     p.add_argument("--out", default=None, help="cache file (default: results/depth/<size>[cleaning]/<split>.safetensors)")
     p.add_argument("--make-tiny-model", metavar="DIR", default=None,
                    help="write a tiny random-init Depth Anything V2 to DIR and exit (offline tests/demo)")

@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
-from src.data.image_cache import build, cache_path
-from src.data.photo_prep import PhotoPrep
-from src.errors import Parser, cli_main
+from .core.cli import add_data_dir, add_photo_prep, parser
+from .core.errors import cli_main
+from .data.image_cache import build, cache_path
+from .data.photo_prep import PhotoPrep
 
 
 @cli_main
 def main(argv=None) -> None:
-    p = Parser(prog="python -m src.image_cache", description=__doc__)
-    p.add_argument("--data-dir", default="data", help="Kaggle-layout folder (default: data)")
+    p = parser("image_cache", __doc__)
+    add_data_dir(p)
     p.add_argument("--split", choices=("train", "test"), default="train")
     p.add_argument("--size", type=int, default=512, help="pixels per side of each half (the trainer's --image-size)")
     p.add_argument("--pad-to-square", action="store_true", help="as the trainer's --use-pad-to-square")
-    p.add_argument("--clean-date-stamp", action="store_true", help="as the trainer's --clean-date-stamp")
-    p.add_argument("--crop-bottom", type=float, default=0.0, help="as the trainer's --crop-bottom")
+    add_photo_prep(p)
     p.add_argument("--out", default=None, help="default: results/cache/images/<size>[_pad][cleaning]/<split>.npy")
     args = p.parse_args(argv)
     prep = PhotoPrep(args.clean_date_stamp, args.crop_bottom)

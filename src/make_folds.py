@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import argparse
 
-from src.data.folds import STRATEGIES, make_folds, summarize
-from src.data.schema import load_train
-from src.errors import Parser, cli_main
-from src.io_utils import write_csv
+from .core.cli import add_data_dir, parser
+from .core.errors import cli_main
+from .core.io_utils import write_csv
+from .data.folds import STRATEGIES, make_folds, summarize
+from .data.schema import load_train
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = Parser(prog="python -m src.make_folds", description=__doc__)
-    p.add_argument("--data-dir", default="data", help="folder holding train.csv and train/ (default: data)")
+    p = parser("make_folds", __doc__)
+    add_data_dir(p, what="folder holding train.csv and train/")
     p.add_argument("--out", default=None, help="fold CSV to write (default: DATA_DIR/trainfold_<strategy>.csv)")
     p.add_argument("--n-folds", type=int, default=5, help="number of folds (default: 5)")
     p.add_argument("--cv-strategy", choices=STRATEGIES, default="group_location", help="default: group_location")

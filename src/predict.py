@@ -14,38 +14,27 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import pandas as pd
-
-from src.errors import Parser, UserError, cli_main
-from src.inference import check_photos, load_fold_models, predict_photos, predict_split, submission
-from src.io_utils import write_csv, write_parquet
-from src.training.distributed import pick_device
+from .core.cli import parser
+from .core.errors import UserError, cli_main
+from .inference.outputs import photos_table, split_predictions
+from .inference.predictor import load_fold_models, open_photos
+from .training.distributed import pick_device
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = Parser(prog="python -m src.predict", description=__doc__.split("\n\n")[0])
-    p.add_argument(
-        "--model-dir", required=True, help="training --output-dir holding fold<k>/best.safetensors + config.yaml"
-    )
+    p = parser("predict", __doc__)
+    p.add_argument("--model-dir", required=True, help="training --output-dir holding fold<k>/best.safetensors + config.yaml")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--data-dir", help="Kaggle-layout folder with test.csv (and sample_submission.csv)")
     src.add_argument("--images", nargs="+", metavar="PHOTO", help="quadrat photos (2:1, both halves side by side)")
-    p.add_argument(
-        "--split",
-        choices=("test", "train"),
-        default="test",
-        help="with --data-dir: which CSV to predict (train is for checks; no submission) (default: test)",
-    )
+    p.add_argument("--split", choices=("test", "train"), default="test",
+                   help="with --data-dir: which CSV to predict (train is for checks; no submission) (default: test)")
     p.add_argument("--out-dir", help="with --data-dir: where the files go (default: --model-dir)")
     p.add_argument("--depth-cache-dir", help="with --data-dir, for depth models: folder of <size>/<split>.safetensors "
                    "depth caches (default: the one in each model's config.yaml)")
     p.add_argument("--out", metavar="FILE.csv", help="with --images: also write the table as CSV")
-    p.add_argument(
-        "--tta",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="average identity, horizontal and vertical flips (default: on)",
-    )
+    p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=True,
+                   help="average identity, horizontal and vertical flips (default: on)")
     p.add_argument("--tta-scales", nargs="+", type=float, default=[1.0], metavar="S",
                    help="also average over these multiples of each model's --image-size (multi-scale TTA, e.g. "
                         "0.875 1 1.125; rounded to multiples of 16) (default: 1)")
@@ -57,12 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "default), with a warning")
     p.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default: 8)")
     p.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes (default: 0)")
-    p.add_argument(
-        "--device",
-        choices=("auto", "cuda", "mps", "cpu"),
-        default="auto",
-        help="auto (cuda > mps > cpu), cuda, mps or cpu (default: auto)",
-    )
+    p.add_argument("--device", choices=("auto", "cuda", "mps", "cpu"), default="auto",
+                   help="auto (cuda > mps > cpu), cuda, mps or cpu (default: auto)")
     return p
 
 
@@ -81,7 +66,7 @@ def _check_args(args: argparse.Namespace) -> None:
 def main(argv=None) -> None:
     args = build_parser().parse_args(argv)
     _check_args(args)
-    photos = check_photos(args.images) if args.images else None
+    photos = open_photos(args.images) if args.images else None
     device = pick_device(args.device)
     models = load_fold_models(args.model_dir, device, allow_mixed=args.allow_mixed_folds)
     kw = dict(tta=args.tta, tta_scales=args.tta_scales, batch_size=args.batch_size, device=device,
@@ -89,35 +74,11 @@ def main(argv=None) -> None:
     scales = f", scales {' '.join(f'{s:g}' for s in args.tta_scales)}" if args.tta_scales != [1.0] else ""
     print(f"{len(models)} fold model(s) {[k for k, _, _ in models]} on {device}, TTA {'on' if args.tta else 'off'}{scales}",
           flush=True)  # fmt: skip
-
     if photos is not None:
-        table = predict_photos(models, photos, **kw)
-        with pd.option_context(
-            "display.width", 250, "display.max_columns", None, "display.float_format", "{:.2f}".format
-        ):
-            print(table.to_string(index=False))
-        print("grams per 70 x 30 cm quadrat; *_kg_ha = kg dry matter per hectare")
-        if args.out:
-            write_csv(args.out, table)
-            print(f"wrote {args.out}")
-        return
-
-    out_dir = Path(args.out_dir or args.model_dir)
-    if args.per_fold:
-        per = pd.concat([predict_split([m], args.data_dir, args.split, depth_cache_dir=args.depth_cache_dir, **kw)
-                         .assign(fold=m[0]) for m in models], ignore_index=True)  # fmt: skip
-        write_parquet(out_dir / f"{args.split}_pred_folds.parquet", per)
-        print(f"wrote {out_dir / f'{args.split}_pred_folds.parquet'} ({len(models)} folds x {per['image_id'].nunique()} images)")
-        return
-    pred = predict_split(models, args.data_dir, args.split, depth_cache_dir=args.depth_cache_dir, **kw)
-    sub = submission(pred, args.data_dir) if args.split == "test" else None  # checked before anything is written
-    pred_path = out_dir / f"{args.split}_pred.parquet"
-    write_parquet(pred_path, pred)
-    print(f"wrote {pred_path} ({len(pred)} images)")
-    if sub is not None:
-        sub_path = out_dir / "submission.csv"
-        write_csv(sub_path, sub)
-        print(f"wrote {sub_path} ({len(sub)} rows)")
+        photos_table(models, photos, args.out, **kw)
+    else:
+        split_predictions(models, args.data_dir, args.split, Path(args.out_dir or args.model_dir), args.per_fold,
+                          args.depth_cache_dir, **kw)
 
 
 if __name__ == "__main__":

@@ -9,11 +9,11 @@ See ``src.pretrain`` for the objective. Deterministic given --seed (unless --min
 
 from __future__ import annotations
 
-from src.errors import Parser, cli_main
+from .core.errors import Parser, cli_main
 
 
 def parse(argv: list[str] | None = None):
-    from src.pretrain.train import PretrainConfig
+    from .pretrain.train import PretrainConfig
 
     d = PretrainConfig(out="")
     p = Parser(prog="python -m src.pretrain_backbone", description=__doc__.splitlines()[0])
@@ -38,7 +38,7 @@ def parse(argv: list[str] | None = None):
 
 @cli_main
 def main(argv: list[str] | None = None) -> None:
-    from src.pretrain.train import run
+    from .pretrain.train import run
 
     s = run(parse(argv))
     last = s["history"][-1] if s["history"] else {}

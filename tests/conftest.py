@@ -38,7 +38,7 @@ def demo_data(tmp_path_factory) -> Path:
     """60 train / 10 test images at 256x128 with a 5-fold CSV; shared, treat as read-only."""
     from src.data.folds import make_folds
     from src.data.schema import load_train
-    from src.synth import generate
+    from src.data.synth import generate
 
     out = tmp_path_factory.mktemp("demo")
     generate(out, n_train=60, n_test=10, seed=0, width=256, height=128)
@@ -61,9 +61,9 @@ def fold(demo_data) -> dict:
     random 32 px halves, true targets and the auxiliary targets (for model and loss unit tests)."""
     import torch
 
+    from src.core.targets import TARGETS
     from src.data.fold_stats import aux_targets, fold_statistics, vocabularies
     from src.data.schema import load_train
-    from src.targets import TARGETS
 
     train = load_train(demo_data).iloc[:40].reset_index(drop=True)
     extras = vocabularies(train)
@@ -83,9 +83,9 @@ def predicts_its_oof():
     import numpy as np
     import pandas as pd
 
+    from src.core.targets import TARGETS
     from src.data.schema import load_train
-    from src.inference import load_fold_models, predict_images
-    from src.targets import TARGETS
+    from src.inference.predictor import load_fold_models, predict_images
 
     def check(model_dir, data):
         for fold_model in load_fold_models(model_dir, "cpu"):

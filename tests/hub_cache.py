@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from src.config import DEPTH_HUB_IDS, HUB_TAG, TIMM_NAMES
-from src.weights_check import DEPTH_FILE, TIMM_FILE
+from src.cluster.weights_check import DEPTH_FILE, TIMM_FILE
+from src.core.config import DEPTH_HUB_IDS, HUB_TAG, TIMM_NAMES
 
 REV = "0" * 40  # the snapshot the cache serves for refs/main
 

@@ -13,8 +13,8 @@ import torch
 from safetensors.torch import load_file
 from timm.utils.model_ema import ModelEmaV3
 
-from src.config import TrainConfig
-from src.errors import UserError
+from src.core.config import TrainConfig
+from src.core.errors import UserError
 from src.training import averaging, fit
 from src.training import run as run_module
 
@@ -200,7 +200,7 @@ def test_top_k_keeps_the_best_and_deletes_only_after_the_commit(tmp_path):
 
 @pytest.mark.parametrize("kw, words", [(dict(ema_decay=1.0), "--ema-decay"), (dict(swa_top_k=-1), "--swa-top-k")])
 def test_bad_averaging_values_are_refused(kw, words):
-    from src.config import validate
+    from src.core.config import validate
 
     with pytest.raises(UserError, match=words):
         validate(TrainConfig(**kw), "cli")

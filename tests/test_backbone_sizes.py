@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from src.config import TrainConfig
+from src.core.config import TrainConfig
 from src.models.backbone import TIMM_NAMES, create_backbone
 from src.models.biomass import BiomassModel
 

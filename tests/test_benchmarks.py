@@ -21,9 +21,11 @@ def test_quality_baselines_with_augmentation_see_the_trainers_pixels(tmp_path):
     import numpy as np
 
     from benchmarks import quality
-    from src.config import from_dict
+    from src.core.config import from_dict
     from src.data import image_cache
     from src.data.fold_stats import fold_statistics, vocabularies
+    from src.data.mixup import Mixup
+    from src.data.photo_prep import PhotoPrep
     from src.training.fit import _train_dataset
 
     data = _synth(tmp_path, 10, 256, 128)
@@ -36,7 +38,8 @@ def test_quality_baselines_with_augmentation_see_the_trainers_pixels(tmp_path):
     train = images.iloc[tr].reset_index(drop=True)
     extras = vocabularies(train)
     trainer_ds, _ = _train_dataset(cfg, train, fold_statistics(train, extras), extras, fold, {}, None,
-                                   (cache[0], cache[1][tr]))  # fmt: skip
+                                   (cache[0], cache[1][tr]), prep=PhotoPrep.of(cfg),
+                                   mixup=Mixup.of(cfg, cfg.seed + fold))  # fmt: skip
     ours = quality._trainer_pixels(paths, images, cache, tr, seed + fold)
     for key in (0, 5, 2 * len(tr) + 3):  # epochs 0 and 2
         assert torch.equal(ours[key]["image"], trainer_ds[key]["image"])

@@ -1,7 +1,7 @@
 """The source files a command runs (the workflow's code inputs): its imports, followed through the
 project, inside functions too, and nothing it does not import."""
 
-from src.code_inputs import files_of
+from src.cluster.code_inputs import files_of
 
 
 def test_the_trainer_runs_the_training_package_and_not_the_report():

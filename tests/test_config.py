@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from src.config import build_parser, parse_config
-from src.errors import UserError
+from src.core.config import build_parser, parse_config
+from src.core.errors import UserError
 from src.training.distributed import DistInfo, per_rank_batch
 
 SEED_FLAGS = Path(__file__).resolve().parents[2] / "shared" / "seed" / "flags.txt"
@@ -129,7 +129,7 @@ def test_yaml_numbers_in_any_spelling_are_numbers(tmp_path, yaml_text, name, wan
 
 def test_number_strings_reach_the_fields_through_from_dict():
     """Snakemake's trainer_overrides and a fold's config.yaml arrive through from_dict untyped."""
-    from src.config import from_dict
+    from src.core.config import from_dict
 
     cfg = from_dict({"lr": "1e-3", "backbone_lr": "1E-5", "batch_size": "4", "folds": [0, 1]})
     assert (cfg.lr, cfg.backbone_lr, cfg.batch_size) == (1e-3, 1e-5, 4) and isinstance(cfg.batch_size, int)

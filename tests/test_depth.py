@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from src.config import TrainConfig
+from src.core.config import TrainConfig
+from src.core.errors import UserError
 from src.data.depth import build_cache, cache_path, load_cache, load_for_config, read_metadata
 from src.data.schema import load_train
 from src.data.transforms import HalfTransform, depth_patch_features
-from src.errors import UserError
 from src.models.biomass import BiomassModel
 from src.models.depth_anything import make_tiny
 

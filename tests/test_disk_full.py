@@ -7,8 +7,8 @@ import tempfile
 import pandas as pd
 import pytest
 
-from src.errors import UserError
-from src.io_utils import write_csv, write_json
+from src.core.errors import UserError
+from src.core.io_utils import write_csv, write_json
 
 
 def _full(*a, **k):

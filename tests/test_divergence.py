@@ -13,8 +13,8 @@ import torch
 from safetensors.torch import load_file
 from test_training import _train as _train_cli
 
-from src.config import TrainConfig
-from src.errors import UserError
+from src.core.config import TrainConfig
+from src.core.errors import UserError
 from src.training import fit
 from src.training import run as run_module
 

@@ -1,4 +1,4 @@
-"""The results folder as DVC reads it (src/dvc_metrics.py): scores equal the report's table, the
+"""The results folder as DVC reads it (src/reporting/dvc_metrics.py): scores equal the report's table, the
 learning curve averages the folds, the scatter is the ensemble's OOF, a rerun replaces the folder."""
 
 import json
@@ -8,10 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from src.dvc_metrics import write_dvc_metrics
-from src.errors import UserError
-from src.oof import PRED, TRUE
-from src.report import load_model_oofs, model_table
+from src.core.errors import UserError
+from src.reporting.dvc_metrics import write_dvc_metrics
+from src.reporting.report import load_model_oofs, model_table
+from src.rounds.oof import PRED, TRUE
 
 
 def _oof(n, rng, noise):

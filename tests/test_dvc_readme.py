@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from src.project_copy import copy_project
+from tests.project_copy import copy_project
 
 REPO = Path(__file__).resolve().parents[1]
 HEADING = "### Versioning and experiments with DVC"

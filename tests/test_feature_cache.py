@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import load_file
 from torch.utils.data import DataLoader
 
-from src.config import TrainConfig
+from src.core.config import TrainConfig
 from src.data.dataset import BiomassDataset
 from src.data.fold_stats import aux_targets, fold_statistics, vocabularies
 from src.data.schema import load_train
@@ -92,7 +92,7 @@ def test_stage1_runs_the_backbone_once_per_view_not_per_epoch(demo_data, tmp_pat
 
 
 def test_a_cache_too_big_for_ram_is_refused_with_the_fix(demo_data, monkeypatch):
-    from src.errors import UserError
+    from src.core.errors import UserError
     from src.training import feature_cache
 
     images = load_train(demo_data)

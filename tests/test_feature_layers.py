@@ -4,8 +4,8 @@ the live path and in the frozen-feature cache alike (both go through BiomassMode
 import pytest
 import torch
 
-from src.config import TrainConfig
-from src.errors import UserError
+from src.core.config import TrainConfig
+from src.core.errors import UserError
 from src.models.biomass import BiomassModel
 
 TINY = dict(backbone_size="tiny", backbone_weights="none", image_size=32, use_depth=False, depth_attention=False)

@@ -10,13 +10,13 @@ import pandas as pd
 import pytest
 import torch
 
-from src.config import TrainConfig, parse_config, resolve
+from src.core.config import TrainConfig, parse_config, resolve
+from src.core.errors import UserError
+from src.core.targets import TARGETS
 from src.data.depth import build_cache, cache_path
-from src.errors import UserError
 from src.losses import build_criterion
 from src.models.biomass import BiomassModel
 from src.models.depth_anything import make_tiny
-from src.targets import TARGETS
 
 BASE = dict(backbone_size="tiny", backbone_weights="none", image_size=32, use_depth=False, depth_attention=False)
 

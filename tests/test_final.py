@@ -7,12 +7,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from src import postprocess as pp
+from src.core.targets import TARGETS
 from src.data.schema import load_test
-from src.final import build, combine
-from src.oof import PRED, TRUE
-from src.score import score
-from src.targets import TARGETS
+from src.rounds import postprocess as pp
+from src.rounds.final import build, combine
+from src.rounds.oof import PRED, TRUE
+from src.rounds.score import score
 
 
 def _write(path, df):

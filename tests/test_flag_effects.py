@@ -11,14 +11,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from src.config import TrainConfig, resolve
+from src.core.config import TrainConfig, resolve
+from src.core.targets import TARGETS
 from src.data.folds import make_folds
 from src.data.photos import check_photos
 from src.data.schema import load_train
+from src.data.synth import generate
 from src.losses import build_criterion
 from src.models.biomass import BiomassModel
-from src.synth import generate
-from src.targets import TARGETS
 from src.training import fit
 from src.training import run as run_module
 from src.training.fit import plan_stages

@@ -3,7 +3,7 @@
 import pandas as pd
 import pytest
 
-from src.config import TrainConfig, idle_flags, parse_config
+from src.core.config import TrainConfig, idle_flags, parse_config
 from src.data.schema import load_train
 from src.training.distributed import DistInfo, per_rank_batch
 from src.training.monitor import Hints
@@ -90,10 +90,10 @@ def test_mass_balance_is_an_equality_that_acts_on_every_batch_of_free_heads(fold
     closes the gap Total - (Green + Dead + Clover)."""
     import torch
 
-    from src.config import resolve
+    from src.core.config import resolve
+    from src.core.targets import TARGETS
     from src.losses import build_criterion
     from src.models.biomass import BiomassModel
-    from src.targets import TARGETS
 
     cfg = resolve(TrainConfig(backbone_size="tiny", backbone_weights="none", image_size=32, use_depth=False,
                               use_planthydra_loss=True, use_mass_balance=True))  # fmt: skip

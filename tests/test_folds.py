@@ -4,9 +4,9 @@ import sys
 import pandas as pd
 import pytest
 
+from src.core.errors import UserError
 from src.data.folds import STRATEGIES, make_folds, read_fold_csv
 from src.data.schema import load_train
-from src.errors import UserError
 
 
 @pytest.fixture(scope="module")

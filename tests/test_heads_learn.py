@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from src.config import TrainConfig, resolve
+from src.core.config import TrainConfig, resolve
+from src.core.targets import TARGETS
 from src.losses import build_criterion
 from src.losses.regression import HuberDead
 from src.models.biomass import BiomassModel
-from src.targets import TARGETS
 from src.training.optim import LR_FLOOR, build_optimizer, build_scheduler
 
 BASE = dict(backbone_size="tiny", backbone_weights="none", image_size=32, use_depth=False, depth_attention=False)

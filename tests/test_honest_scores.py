@@ -1,4 +1,4 @@
-"""Scores that chose nothing (src/oof.py): each fold is scored at the epoch chosen on the OTHER
+"""Scores that chose nothing (src/rounds/oof.py): each fold is scored at the epoch chosen on the OTHER
 folds' validation curves and at its last epoch, beside its own best epoch (optimistic); the
 trainer keeps every epoch's validation predictions for it."""
 
@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 from test_averaging import TINY
 
-from src.config import TrainConfig
-from src.metrics import weighted_r2
-from src.oof import EPOCH_PREDS, LAST, PRED, SELECTED, TRUE, crossfold_epochs, merge_oof
+from src.core.config import TrainConfig
+from src.core.metrics import weighted_r2
+from src.rounds.oof import EPOCH_PREDS, LAST, PRED, SELECTED, TRUE, crossfold_epochs, merge_oof
 from src.training import run as run_module
 
 

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 
+from src.core.errors import UserError
 from src.data.dataset import BiomassDataset
 from src.data.image_cache import build, cache_path, load
 from src.data.schema import load_train
 from src.data.transforms import HalfTransform
-from src.errors import UserError
 
 
 @pytest.fixture(scope="module")

@@ -16,9 +16,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from src.errors import UserError
-from src.kaggle_package import PROJECT, build, dependency_wheels, kaggle_requirements
-from src.project_copy import copy_project
+from src.core.errors import UserError
+from src.packaging.kaggle_package import PROJECT, build, dependency_wheels, kaggle_requirements
+from tests.project_copy import copy_project
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = str(Path(sys.executable).parent)
@@ -101,7 +101,7 @@ def install_and_infer(package: Path, data: Path, tmp: Path) -> tuple[Path, pd.Da
     fails = _run([*pip, alone, PROJECT], tmp, check=False, env=env)
     assert fails.returncode != 0 and "timm" in fails.stdout + fails.stderr  # the dependency wheels are needed
     _run([*pip, package / "wheels", PROJECT], tmp, env=env)
-    where = _run([py, "-c", "import src, timm; print(src.__file__); print(timm.__file__)"], tmp, env=env).stdout.split()
+    where = _run([py, "-c", "import pasture_biomass, timm; print(pasture_biomass.__file__); print(timm.__file__)"], tmp, env=env).stdout.split()
     assert all(Path(w).resolve().is_relative_to((tmp / "kaggle/venv").resolve()) for w in where), where
     run_dir = tmp / "cwd"
     run_dir.mkdir()

@@ -90,8 +90,8 @@ def test_a_work_dir_whose_models_folder_is_the_package_is_refused(demo_data, tmp
 @pytest.mark.parametrize("how", ["dotdot", "absolute"])
 def test_the_package_build_refuses_a_model_dir_that_leaves_the_results(how, tmp_path):
     """A results recipe's '../../M' would be copied to <package>/models/../../M: outside the package."""
-    from src.errors import UserError
-    from src.kaggle_package import build, kaggle_requirements
+    from src.core.errors import UserError
+    from src.packaging.kaggle_package import build, kaggle_requirements
 
     wheels = tmp_path / "wheels"
     wheels.mkdir()

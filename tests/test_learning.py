@@ -10,7 +10,7 @@ import pytest
 
 from src.data.folds import make_folds
 from src.data.schema import load_train
-from src.synth import generate
+from src.data.synth import generate
 
 
 @pytest.mark.slow

@@ -6,9 +6,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from src.config import TrainConfig, validate
-from src.errors import UserError
-from src.inference import load_fold_models
+from src.core.config import TrainConfig, validate
+from src.core.errors import UserError
+from src.inference.predictor import load_fold_models
 from src.training import run as run_module
 
 TINY = dict(backbone_size="tiny", backbone_weights="none", image_size=32, use_depth=False, depth_attention=False)

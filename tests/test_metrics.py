@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from src import metrics
-from src.targets import TARGETS, WEIGHTS, complete, direct_targets
+from src.core import metrics
+from src.core.targets import TARGETS, WEIGHTS, complete, direct_targets
 
 
 def test_weighted_r2_matches_hand_computation():
@@ -72,7 +72,7 @@ def test_derived_masses_are_clipped_at_zero_for_numpy_and_torch():
 
 
 def test_reconcile_projects_free_predictions_onto_the_relations():
-    from src.targets import reconcile
+    from src.core.targets import reconcile
 
     consistent = torch.tensor([[10.0, 4.0, 2.0, 12.0, 16.0]])
     assert torch.allclose(reconcile(consistent), consistent, atol=1e-5)

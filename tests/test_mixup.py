@@ -6,15 +6,15 @@ import numpy as np
 import pytest
 import torch
 
-from src.config import TrainConfig, validate
+from src.core.config import TrainConfig, validate
+from src.core.errors import UserError
+from src.core.targets import TARGETS
 from src.data.dataset import BiomassDataset
 from src.data.fold_stats import aux_targets, fold_statistics, vocabularies
 from src.data.mixup import Mixup
 from src.data.schema import load_train
 from src.data.transforms import HalfTransform
-from src.errors import UserError
 from src.models.biomass import BiomassModel
-from src.targets import TARGETS
 from src.training import run as run_module
 
 guards = pytest.mark.guards

@@ -11,7 +11,7 @@ sys.path.insert(0, str(ROOT / "tests" / "mutation"))
 
 import check  # noqa: E402
 
-SHOW = ("from src.config import parse_config\nfrom src.training.fit import plan_stages\n"
+SHOW = ("from src.core.config import parse_config\nfrom src.training.fit import plan_stages\n"
         "cfg = parse_config(['--freeze-epochs', '3'])\nprint(cfg.freeze_epochs, plan_stages(cfg)[0].epochs)")  # fmt: skip
 
 

@@ -1,8 +1,8 @@
-"""What a machine or SLURM node can give a job (src/node_limits.py)."""
+"""What a machine or SLURM node can give a job (src/cluster/node_limits.py)."""
 
 import pytest
 
-from src.node_limits import Node, Request, parse_sinfo, too_big, visible_gpus
+from src.cluster.node_limits import Node, Request, parse_sinfo, too_big, visible_gpus
 
 
 @pytest.mark.parametrize("value, n", [("", 0), ("-1", 0), ("0", 1), ("0,1", 2), ("GPU-3f2a,GPU-77b1", 2), (" 2, 3 ,", 2)])

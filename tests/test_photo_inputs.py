@@ -7,10 +7,10 @@ import shutil
 import pytest
 from PIL import Image
 
+from src.core.errors import UserError
 from src.data import depth, image_cache
 from src.data.fingerprint import split_photos_hash
 from src.data.schema import load_test, load_train
-from src.errors import UserError
 from src.models.depth_anything import make_tiny
 
 

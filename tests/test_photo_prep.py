@@ -8,12 +8,12 @@ import pytest
 import torch
 
 from src import image_cache as image_cache_cli
-from src.config import TrainConfig
+from src.core.config import TrainConfig
+from src.core.errors import UserError
 from src.data import image_cache
 from src.data.photo_prep import STAMP_HSV_HI, STAMP_HSV_LO, PhotoPrep, clean_stamp, stamp_mask
 from src.data.photos import read_rgb
 from src.data.schema import load_train
-from src.errors import UserError
 from src.models.biomass import BiomassModel
 from src.training import run as run_module
 
@@ -109,7 +109,7 @@ def test_a_cache_made_with_other_cleaning_is_refused(demo_data, tmp_path):
 
 @pytest.mark.parametrize("crop", [-0.1, 0.6])
 def test_a_crop_outside_0_to_half_is_refused(crop):
-    from src.config import validate
+    from src.core.config import validate
 
     with pytest.raises(UserError, match="--crop-bottom"):
         validate(TrainConfig(crop_bottom=crop), "cli")
@@ -117,7 +117,7 @@ def test_a_crop_outside_0_to_half_is_refused(crop):
 
 def test_prediction_cleans_as_training_did(demo_data, tmp_path, predicts_its_oof):
     """A fold trained with --clean-date-stamp predicts from cleaned photos: its OOF is reproduced."""
-    from src.inference import load_fold_models
+    from src.inference.predictor import load_fold_models
 
     run_module.run(TrainConfig(data_dir=str(demo_data), fold_csv=str(demo_data / "trainfold_group_location.csv"),
                                output_dir=str(tmp_path / "m"), folds=[0], two_stage=False, epochs=1, batch_size=8,

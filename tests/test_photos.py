@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from src.core.errors import UserError
 from src.data.photos import check_photos, photo_size, read_rgb
 from src.data.schema import load_train
-from src.errors import UserError
 
 
 def _jpeg(w=256, h=128, exif=None) -> bytes:

@@ -14,7 +14,7 @@ import pytest
 import yaml
 from hub_cache import placeholders
 
-from src.project_copy import copy_project
+from tests.project_copy import copy_project
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = str(Path(sys.executable).parent)

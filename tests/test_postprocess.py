@@ -10,11 +10,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from src import postprocess as pp
-from src.io_utils import write_json
-from src.metrics import weighted_r2
-from src.oof import PRED, TRUE
-from src.targets import TARGETS
+from src import postprocess as pp_cli
+from src.core.io_utils import write_json
+from src.core.metrics import weighted_r2
+from src.core.targets import TARGETS
+from src.rounds import postprocess as pp
+from src.rounds.oof import PRED, TRUE
 
 STATES = np.array(["NSW", "Tas", "Vic", "WA"])
 CLEAR_GAIN = 1e-3  # a nested-CV gain well above noise on these frames
@@ -128,7 +129,7 @@ def test_apply_on_test_frame_equals_apply_oof_and_survives_json_in_another_proce
     assert not np.allclose(expected, df[PRED].to_numpy()[::-1])  # the steps changed something
     # the Kaggle side: a fresh process with the JSON only, and neither sklearn nor scipy's optimiser loaded
     test.to_parquet(tmp_path / "test.parquet")
-    code = ("import json, sys, pandas as pd; from src.postprocess import apply; "
+    code = ("import json, sys, pandas as pd; from src.rounds.postprocess import apply; "
             f"p = json.load(open({str(tmp_path / 'pp.json')!r})); "
             f"apply(pd.read_parquet({str(tmp_path / 'test.parquet')!r}), p).to_parquet({str(tmp_path / 'out.parquet')!r}); "
             "assert not {'sklearn', 'scipy.optimize'} & set(sys.modules), 'apply needs only numpy and pandas'")  # fmt: skip
@@ -208,7 +209,7 @@ def test_nested_cv_never_fits_on_held_out_fold(monkeypatch):
 def test_cli_writes_json_and_prints_table(tmp_path, capsys):
     df, _ = _state_frame(seed=9, n=150)
     df.to_parquet(tmp_path / "oof.parquet")
-    pp.main(["--oof", str(tmp_path / "oof.parquet"), "--out", str(tmp_path / "pp.json")])
+    pp_cli.main(["--oof", str(tmp_path / "oof.parquet"), "--out", str(tmp_path / "pp.json")])
     printed = capsys.readouterr().out
     params = json.loads((tmp_path / "pp.json").read_text())
     assert [line.split()[0] for line in printed.splitlines()[1:5]] == list(pp.STEPS)
@@ -225,7 +226,7 @@ def test_cli_bad_input_is_one_user_error_line(tmp_path, capsys, breakage, messag
     df, _ = _state_frame(seed=10, n=60)
     breakage(df).to_parquet(tmp_path / "oof.parquet")
     with pytest.raises(SystemExit) as exc:
-        pp.main(["--oof", str(tmp_path / "oof.parquet"), "--out", str(tmp_path / "pp.json")])
+        pp_cli.main(["--oof", str(tmp_path / "oof.parquet"), "--out", str(tmp_path / "pp.json")])
     err = capsys.readouterr().err.strip()
     assert exc.value.code == 2 and len(err.splitlines()) == 1
     assert message in err and str(tmp_path / "oof.parquet") in err
@@ -318,7 +319,7 @@ def test_honest_score_written_and_below_the_selection_score_on_noise(tmp_path, c
     p = _truth(rng, 120) + 8
     df = _frame(p * rng.lognormal(-0.08, 0.4, p.shape), p, seed=117)
     df.to_parquet(tmp_path / "oof.parquet")
-    pp.main(["--oof", str(tmp_path / "oof.parquet"), "--out", str(tmp_path / "pp.json")])
+    pp_cli.main(["--oof", str(tmp_path / "oof.parquet"), "--out", str(tmp_path / "pp.json")])
     printed = capsys.readouterr().out
     params = json.loads((tmp_path / "pp.json").read_text())
     outer = params["outer_folds"]

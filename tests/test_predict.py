@@ -10,12 +10,12 @@ import pandas as pd
 import pytest
 import torch
 
+from src.core.errors import UserError
+from src.core.targets import G_PER_QUADRAT_TO_KG_PER_HA, TARGETS
 from src.data.photos import read_rgb
 from src.data.schema import load_train
-from src.errors import UserError
-from src.inference import load_fold_models, predict_images
+from src.inference.predictor import load_fold_models, predict_images
 from src.predict import main
-from src.targets import G_PER_QUADRAT_TO_KG_PER_HA, TARGETS
 
 FOLDS = (0, 1)
 

@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 import torch
 
-from src.config import TrainConfig
-from src.inference import load_fold_models
+from src.core.config import TrainConfig
+from src.inference.predictor import load_fold_models
 from src.predict import main
 from src.training import run as run_module
 

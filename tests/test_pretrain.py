@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from src.errors import UserError
+from src.core.errors import UserError
 from src.models.backbone import create_backbone
 from src.pretrain.data import ensure_photos, load_halves, photo_dir
 from src.pretrain.train import PretrainConfig, run, train

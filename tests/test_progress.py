@@ -10,7 +10,7 @@ import termios
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-LOOP = ("import time\nfrom src.progress import progress\nbar = progress(range(40), desc='caching')\nfor i in bar:\n"
+LOOP = ("import time\nfrom src.core.progress import progress\nbar = progress(range(40), desc='caching')\nfor i in bar:\n"
         "    bar.set_postfix(loss=f'{i / 40:.3f}')  # as the training loop does, every batch\n    time.sleep(0.01)\n")
 
 

@@ -8,13 +8,13 @@ import pandas as pd
 import pytest
 import torch
 
-from src.config import TrainConfig
+from src.core.config import TrainConfig
+from src.core.targets import TARGETS
 from src.data.fold_stats import QUANTILE_BINS, quantile_bins, quantile_edges
 from src.data.mixup import mix
 from src.losses import build_criterion
 from src.losses.auxiliary import QuantileBins
 from src.models.biomass import BiomassModel
-from src.targets import TARGETS
 from src.training import run as run_module
 
 TINY = dict(backbone_size="tiny", backbone_weights="none", image_size=32, use_depth=False, depth_attention=False)

@@ -5,11 +5,11 @@ fold's means; the loss reaches both the Total head and the shares."""
 import pytest
 import torch
 
-from src.config import TrainConfig, validate
-from src.errors import UserError
+from src.core.config import TrainConfig, validate
+from src.core.errors import UserError
+from src.core.targets import TARGETS
 from src.losses import build_criterion
 from src.models.biomass import BiomassModel
-from src.targets import TARGETS
 from src.training.monitor import Hints
 
 TINY = dict(backbone_size="tiny", backbone_weights="none", image_size=32, use_depth=False, depth_attention=False)

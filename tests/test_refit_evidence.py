@@ -1,6 +1,6 @@
 """Full-data refits are used only on evidence: the refit check (the refit procedure per fold, scored
 on the fold's validation images) must beat the fold models' OOF, pooled and beyond its standard
-error over the folds (src.final.refit_decision); its epochs come from the other folds only."""
+error over the folds (src.rounds.final.refit_decision); its epochs come from the other folds only."""
 
 import json
 
@@ -10,13 +10,13 @@ import pytest
 from test_final import _write, write_members
 from test_training import _train
 
-from src import postprocess as pp
-from src.config import TrainConfig
+from src.core.config import TrainConfig
+from src.core.errors import UserError
+from src.core.metrics import weighted_r2
 from src.data.schema import load_test, load_train
-from src.errors import UserError
-from src.final import NO_EVIDENCE, build, refit_decision
-from src.metrics import weighted_r2
-from src.oof import PRED, TRUE
+from src.rounds import postprocess as pp
+from src.rounds.final import NO_EVIDENCE, build, refit_decision
+from src.rounds.oof import PRED, TRUE
 
 N_FOLDS, PER_FOLD = 5, 24
 

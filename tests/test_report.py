@@ -14,9 +14,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from src import metrics, report
-from src.oof import PRED, SELECTED, TRUE
-from src.targets import SHORT, TARGETS
+from src import report as report_cli
+from src.core import metrics
+from src.core.targets import SHORT, TARGETS
+from src.reporting import report
+from src.rounds.oof import PRED, SELECTED, TRUE
 
 ROOT = Path(__file__).resolve().parents[1]
 STATES = ["NSW", "Tas", "Vic", "WA"]
@@ -304,7 +306,7 @@ def test_missing_oof_parquet_names_the_file(results, tmp_path, capsys):
     root = tmp_path / "res"
     (root / "models" / "m1" / "fold0").mkdir(parents=True)
     with pytest.raises(SystemExit) as exc:
-        report.main(["--results-dir", str(root), "--models", "m1"])
+        report_cli.main(["--results-dir", str(root), "--models", "m1"])
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1

@@ -8,11 +8,11 @@ import numpy as np
 import pandas as pd
 from scipy.optimize import nnls
 
+from src.core.metrics import weighted_r2
+from src.core.targets import TARGETS, WEIGHTS
 from src.data.schema import load_test
-from src.ensemble import choose_blend
-from src.metrics import weighted_r2
-from src.oof import PRED, TRUE
-from src.targets import TARGETS, WEIGHTS
+from src.rounds.ensemble import choose_blend
+from src.rounds.oof import PRED, TRUE
 
 N, FOLDS = 100, 5
 
@@ -48,7 +48,7 @@ def _round1(tmp, demo_data, y, preds, folds):
 
 
 def _labels(tmp, demo_data, y, preds, folds):
-    from src.pseudo_labels import make
+    from src.rounds.pseudo_labels import make
 
     _round1(tmp, demo_data, y, preds, folds)
     summary = make(tmp, list(preds), demo_data, FOLDS, keep_fraction=1.0)
@@ -118,7 +118,7 @@ def _rounds(tmp, y, p1, p2, folds):
 
 
 def test_round_2_is_kept_only_when_its_nested_oof_beats_round_1(tmp_path, capsys):
-    from src.pseudo_labels import blend
+    from src.rounds.pseudo_labels import blend
 
     rng = np.random.default_rng(2)
     y = _truth(rng)
@@ -154,7 +154,7 @@ def test_round_2_is_kept_only_when_its_nested_oof_beats_round_1(tmp_path, capsys
 
 
 def _old_choice(p_oof, y, folds):
-    """src.ensemble.blend's choice as it was written before choose_blend, for the comparison."""
+    """src.rounds.ensemble.blend's choice as it was written before choose_blend, for the comparison."""
     sw = np.sqrt(np.array([WEIGHTS[t] for t in TARGETS]))
 
     def fit(p, yy):
@@ -173,7 +173,7 @@ def _old_choice(p_oof, y, folds):
 
 
 def test_the_ensemble_blend_chooses_as_before(demo_data, tmp_path):
-    from src.ensemble import blend
+    from src.rounds.ensemble import blend
 
     rng = np.random.default_rng(3)
     y = _truth(rng, 40)

@@ -9,11 +9,11 @@ import pytest
 import torch
 from test_training import _train, _weights
 
-from src.config import TrainConfig
+from src.core.config import TrainConfig
+from src.core.targets import TARGETS
 from src.data.schema import load_test, load_train
 from src.losses import build_criterion
-from src.oof import PRED, TRUE
-from src.targets import TARGETS
+from src.rounds.oof import PRED, TRUE
 
 guards = pytest.mark.guards
 QUICK = ["--freeze-epochs", "1", "--stage2-epochs", "1", "--batch-size", "8"]
@@ -82,8 +82,8 @@ def test_pseudo_labelled_images_reach_training_only_and_their_labels_change_what
 
 
 def test_a_pseudo_label_csv_that_breaks_the_rules_is_refused_in_one_line(demo_data, tmp_path):
+    from src.core.errors import UserError
     from src.data.pseudo import load_pseudo
-    from src.errors import UserError
 
     train = load_train(demo_data)
     df = _pseudo_csv(demo_data, tmp_path / "p.csv")
@@ -105,7 +105,7 @@ def _fold_preds(path, value_of, ids, folds):
 
 
 def test_fold_k_is_labelled_by_fold_k_models_only_and_the_agreeing_images_are_kept(demo_data, tmp_path):
-    from src.pseudo_labels import make
+    from src.rounds.pseudo_labels import make
 
     ids = load_test(demo_data)["image_id"].tolist()
     (tmp_path / "ensemble").mkdir()
@@ -129,7 +129,7 @@ def test_fold_k_is_labelled_by_fold_k_models_only_and_the_agreeing_images_are_ke
 
 
 def test_the_round_blend_weight_is_chosen_on_oof_and_scored_by_nested_cv(tmp_path):
-    from src.pseudo_labels import blend
+    from src.rounds.pseudo_labels import blend
 
     rng = np.random.default_rng(0)
     y = rng.uniform(0, 50, (60, 5))
@@ -166,7 +166,7 @@ def test_refit_epochs_are_the_folds_median_up_to_each_best_epoch(tmp_path):
 @pytest.mark.long
 @guards("--refit-from")
 def test_a_refit_trains_on_every_image_for_the_chosen_epochs_and_predicts_as_one_model(demo_data, tmp_path):
-    from src.inference import load_fold_models, predict_split
+    from src.inference.predictor import load_fold_models, predict_split
 
     cv = tmp_path / "cv"
     _train(demo_data, cv, "--folds", "0", "1", "--freeze-epochs", "2", "--stage2-epochs", "1", "--stage1-patience", "5")

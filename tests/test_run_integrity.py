@@ -14,11 +14,11 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from src.config import TrainConfig
+from src.core.config import TrainConfig
+from src.core.errors import UserError
+from src.core.io_utils import write_csv
 from src.data.folds import read_fold_csv
 from src.data.schema import load_train
-from src.errors import UserError
-from src.io_utils import write_csv
 from src.training import fit
 from src.training import run as run_module
 from src.training.fold_files import fold_lock

@@ -7,10 +7,10 @@ import sys
 import time
 from pathlib import Path
 
-from src.project_copy import copy_project
+from tests.project_copy import copy_project
 
 BIN = str(Path(sys.executable).parent)
-HOLD = "import sys, time; from src.run_lock import hold; hold(sys.argv[1]); print('held', flush=True); time.sleep(120)"
+HOLD = "import sys, time; from src.cluster.run_lock import hold; hold(sys.argv[1]); print('held', flush=True); time.sleep(120)"
 
 
 def test_a_second_run_on_the_same_results_dir_is_refused_and_deletes_nothing(tmp_path):

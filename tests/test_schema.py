@@ -6,9 +6,9 @@ import sys
 import pandas as pd
 import pytest
 
+from src.core.errors import UserError
+from src.core.targets import TARGETS
 from src.data.schema import load_test, load_train
-from src.errors import UserError
-from src.targets import TARGETS
 
 
 def _edit(data, fn):

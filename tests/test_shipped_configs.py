@@ -25,8 +25,8 @@ import pytest
 import yaml
 from hub_cache import snapshot
 
-from src.config import DEPTH_HUB_IDS, HUB_TAG, TIMM_NAMES
-from src.project_copy import copy_project
+from src.core.config import DEPTH_HUB_IDS, HUB_TAG, TIMM_NAMES
+from tests.project_copy import copy_project
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = str(Path(sys.executable).parent)
@@ -88,7 +88,7 @@ def _snake(repo: Path, *args, cache: Path | None = None, check: bool = True):
 @pytest.fixture(scope="module")
 def real_repo(tmp_path_factory):
     """The project with Kaggle-layout photos where config/config.yaml expects them (data/raw)."""
-    from src.synth import generate
+    from src.data.synth import generate
 
     repo = copy_project(tmp_path_factory.mktemp("real") / "repo")
     generate(repo / "data" / "raw", n_train=40, n_test=4, seed=0, width=256, height=128)

@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from src.config import from_dict
+from src.core.config import from_dict
 from src.data import image_cache, photos
 from src.data.photo_prep import PhotoPrep
 from src.data.schema import load_test, load_train

@@ -11,8 +11,9 @@ from sklearn.linear_model import Ridge
 from sklearn.metrics import r2_score
 from sklearn.model_selection import GroupKFold, cross_val_predict
 
-from src import synth
-from src.synth import color_fractions, generate
+from src import synth as synth_cli
+from src.data import synth
+from src.data.synth import color_fractions, generate
 
 W, H = 400, 200
 N_TRAIN, N_TEST = 120, 40
@@ -202,7 +203,7 @@ def test_color_fractions_classes():
 
 
 def test_cli_and_bad_arguments(tmp_path):
-    synth.main(["--out", str(tmp_path / "cli"), "--n-train", "3", "--n-test", "3", "--width", "64", "--height", "32"])
+    synth_cli.main(["--out", str(tmp_path / "cli"), "--n-train", "3", "--n-test", "3", "--width", "64", "--height", "32"])
     assert len(pd.read_csv(tmp_path / "cli" / "train.csv")) == 15
     assert len(list((tmp_path / "cli" / "test").glob("*.jpg"))) == 3
     with pytest.raises(ValueError, match="n_train"):

@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from src.config import TrainConfig
+from src.core.config import TrainConfig
 from src.models.biomass import BiomassModel
 from src.training.optim import build_optimizer, build_scheduler
 
@@ -131,7 +131,7 @@ def _assert_resumed_like(full, resumed):
 def run_killed_at_commit(n: int, data, out, args, monkeypatch) -> None:
     """The trainer in this process, stopped as a SIGKILL would stop it just before its n-th resume
     commit (checkpoint.save_state): everything before it is on disk, that commit never happens."""
-    from src.config import parse_config
+    from src.core.config import parse_config
     from src.training import checkpoint, run
 
     real_save_state, calls = checkpoint.save_state, []

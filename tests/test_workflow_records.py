@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from src.project_copy import copy_project
+from tests.project_copy import copy_project
 
 REPO = Path(__file__).resolve().parents[1]
 # A lambda param whose arguments name input/output/threads/resources: Snakemake does not record it.

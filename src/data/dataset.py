@@ -10,11 +10,11 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from src.data.mixup import Mixup, as_float, mix
-from src.data.photo_prep import PhotoPrep
-from src.data.photos import read_rgb
-from src.data.transforms import HalfTransform
-from src.targets import TARGETS
+from ..core.targets import TARGETS
+from .mixup import Mixup, as_float, mix
+from .photo_prep import PhotoPrep
+from .photos import read_rgb
+from .transforms import HalfTransform
 
 
 class BiomassDataset(Dataset):

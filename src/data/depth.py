@@ -19,16 +19,16 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from src.data.fingerprint import files_hash, split_photos_hash
-from src.data.photo_prep import PhotoPrep
-from src.data.photos import read_rgb
-from src.data.schema import load_test, load_train
-from src.data.transforms import split_halves
-from src.errors import UserError
-from src.io_utils import atomic_path, write_json
-from src.models import depth_anything
-from src.progress import progress
-from src.targets import TARGETS
+from ..core.errors import UserError
+from ..core.io_utils import atomic_path, write_json
+from ..core.progress import progress
+from ..core.targets import TARGETS
+from ..models import depth_anything
+from .fingerprint import files_hash, split_photos_hash
+from .photo_prep import PhotoPrep
+from .photos import read_rgb
+from .schema import load_test, load_train
+from .transforms import split_halves
 
 FORMAT = "1"
 

@@ -56,7 +56,7 @@ def fold_inputs(images: pd.DataFrame, folds: pd.Series, data_dir: str | Path, de
 
 def split_photos_hash(data_dir: str | Path, split: str) -> str:
     """``files_hash`` of a split's photos in its table's order: the key a cache of them records."""
-    from src.data.schema import load_test, load_train
+    from .schema import load_test, load_train
 
     images = load_train(data_dir) if split == "train" else load_test(data_dir)
     return files_hash(data_dir, images["image_path"])

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from src.targets import TARGETS
+from ..core.targets import TARGETS
 
 MIN_SPECIES_IMAGES = 3  # rarer species share the "other" class
 OTHER = "other"

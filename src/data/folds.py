@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from src.errors import UserError
+from ..core.errors import UserError
 
 STRATEGIES = ("group_location", "group_date", "stratified", "kfold")
 _SEASONS = {12: "Summer", 1: "Summer", 2: "Summer", 3: "Autumn", 4: "Autumn", 5: "Autumn",
@@ -86,7 +86,7 @@ def summarize(folds: pd.DataFrame, images: pd.DataFrame) -> pd.DataFrame:
 
 def read_fold_csv(path, images: pd.DataFrame, n_folds: int | None = None) -> pd.Series:
     """Fold per image (indexed like ``images``) from a fold CSV; every training image must have one."""
-    from src.data.schema import read_csv
+    from .schema import read_csv
 
     df = read_csv(path, ("image_id", "fold"), "build it with: python -m src.make_folds --data-dir DIR --out FILE")
     folds = pd.to_numeric(df["fold"], errors="coerce")

@@ -17,14 +17,14 @@ from pathlib import Path
 
 import numpy as np
 
-from src.data.fingerprint import files_hash, split_photos_hash
-from src.data.photo_prep import PhotoPrep
-from src.data.photos import read_rgb
-from src.data.schema import load_test, load_train
-from src.data.transforms import split_halves, to_square
-from src.errors import UserError
-from src.io_utils import atomic_path, write_json
-from src.progress import progress
+from ..core.errors import UserError
+from ..core.io_utils import atomic_path, write_json
+from ..core.progress import progress
+from .fingerprint import files_hash, split_photos_hash
+from .photo_prep import PhotoPrep
+from .photos import read_rgb
+from .schema import load_test, load_train
+from .transforms import split_halves, to_square
 
 FORMAT = 1
 

@@ -15,9 +15,9 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from src.data.photo_prep import PhotoPrep
-from src.errors import UserError
-from src.progress import progress
+from ..core.errors import UserError
+from ..core.progress import progress
+from .photo_prep import PhotoPrep
 
 # 100 MP: more than any camera's quadrat photo (the real ones are 2 MP); bigger is a bomb or a scan.
 MAX_PIXELS = 100_000_000

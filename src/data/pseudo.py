@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from src.data.schema import _check_image_paths, _numeric, read_csv
-from src.errors import UserError
-from src.targets import RELATION_TOLERANCE_G, TARGETS
+from ..core.errors import UserError
+from ..core.targets import RELATION_TOLERANCE_G, TARGETS
+from .schema import _check_image_paths, _numeric, read_csv
 
 COLUMNS = ("image_id", "image_path", *TARGETS)
 PSEUDO = "is_pseudo"  # the column that marks them in a fold's training table

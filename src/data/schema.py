@@ -13,9 +13,9 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 import pandas as pd
 
-from src.data.photos import photo_size
-from src.errors import UserError
-from src.targets import KAGGLE_ORDER, RELATION_TOLERANCE_G, TARGETS
+from ..core.errors import UserError
+from ..core.targets import KAGGLE_ORDER, RELATION_TOLERANCE_G, TARGETS
+from .photos import photo_size
 
 TRAIN_COLUMNS = (
     "sample_id", "image_path", "Sampling_Date", "State", "Species",

@@ -10,8 +10,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from src.config import TrainConfig
-from src.registry import Registry
+from ..core.config import TrainConfig
+from ..core.registry import Registry
 
 REGISTRY = Registry()
 register = REGISTRY.register
@@ -64,6 +64,6 @@ class Criterion(nn.Module):
 
 
 def build_criterion(cfg: TrainConfig, stats: dict[str, torch.Tensor]) -> Criterion:
-    from src.losses import auxiliary, composition, regression  # noqa: F401  (register their builders)
+    from . import auxiliary, composition, regression  # noqa: F401  (register their builders)
 
     return Criterion(list(REGISTRY.build_all(cfg, stats).values()), cfg.pseudo_weight)

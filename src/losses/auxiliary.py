@@ -19,8 +19,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from src.losses import LossTerm, register
-from src.targets import TARGETS
+from ..core.targets import TARGETS
+from . import LossTerm, register
 
 STATE_WEIGHT = 0.1  # the guide gives no flag; same as the species head's default
 PRESENCE_WEIGHT = 0.1
@@ -85,7 +85,7 @@ class CrossView(LossTerm):
 
     def __init__(self, cfg, stats):
         super().__init__("cross_view", cfg.cross_view_weight)
-        from src.models.biomass import direct_heads
+        from ..models.biomass import direct_heads
 
         idx = [TARGETS.index(t) for t in direct_heads(cfg)]
         self.register_buffer("unit", stats["std"][idx].clamp(min=1e-3).float())

@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import torch.nn.functional as F
 
-from src.losses import LossTerm, register
-from src.losses.regression import Space
-from src.targets import TARGETS
+from ..core.targets import TARGETS
+from . import LossTerm, register
+from .regression import Space
 
 G, D, C, GDM, T = (TARGETS.index(t) for t in ("Dry_Green_g", "Dry_Dead_g", "Dry_Clover_g", "GDM_g", "Dry_Total_g"))
 QC_MAX_FACTOR = 1.5

@@ -19,8 +19,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from src.losses import LossTerm, register
-from src.targets import TARGETS, WEIGHTS
+from ..core.targets import TARGETS, WEIGHTS
+from . import LossTerm, register
 
 DEAD = TARGETS.index("Dry_Dead_g")
 

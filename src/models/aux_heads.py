@@ -10,9 +10,9 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from src.config import TrainConfig
-from src.data.fold_stats import QUANTILE_BINS
-from src.registry import Registry
+from ..core.config import TrainConfig
+from ..core.registry import Registry
+from ..data.fold_stats import QUANTILE_BINS
 
 REGISTRY = Registry()
 register = REGISTRY.register

@@ -11,8 +11,8 @@ from pathlib import Path
 import timm
 import torch.nn as nn
 
-from src.config import HUB_TAG, TIMM_NAMES
-from src.errors import UserError
+from ..core.config import HUB_TAG, TIMM_NAMES
+from ..core.errors import UserError
 
 # A 2-layer, 32-wide ViT with DINOv3's token layout: seconds per epoch on a laptop CPU.
 TINY_KWARGS = {"embed_dim": 32, "depth": 2, "num_heads": 2}

@@ -17,14 +17,14 @@ import pandas as pd
 import torch
 import torch.nn as nn
 
-from src.config import TrainConfig
-from src.data.transforms import MEAN, STD
-from src.errors import UserError
-from src.models.aux_heads import build_aux_heads, start_at_data
-from src.models.backbone import add_lora, create_backbone, is_lora
-from src.models.depth import DepthAttention, DepthFeatures
-from src.models.heads import DensityHead
-from src.targets import TARGETS, complete, consistent, direct_targets, reconcile
+from ..core.config import TrainConfig
+from ..core.errors import UserError
+from ..core.targets import TARGETS, complete, consistent, direct_targets, reconcile
+from ..data.transforms import MEAN, STD
+from .aux_heads import build_aux_heads, start_at_data
+from .backbone import add_lora, create_backbone, is_lora
+from .depth import DepthAttention, DepthFeatures
+from .heads import DensityHead
 
 _DEAD, _CLOVER, _GDM, _TOTAL = (TARGETS.index(t) for t in ("Dry_Dead_g", "Dry_Clover_g", "GDM_g", "Dry_Total_g"))
 # Outputs worth writing beside the five masses (OOF and test predictions), when the model has them.

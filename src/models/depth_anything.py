@@ -12,8 +12,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from src.config import DEPTH_HUB_IDS as HUB_IDS
-from src.errors import UserError
+from ..core.config import DEPTH_HUB_IDS as HUB_IDS
+from ..core.errors import UserError
 
 BACKENDS = ("torchvision", "pil")
 

@@ -18,11 +18,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from src.data.photos import read_rgb
-from src.data.transforms import split_halves, to_square
-from src.errors import UserError
-from src.progress import progress
-from src.synth import color_fractions, generate
+from ..core.errors import UserError
+from ..core.progress import progress
+from ..data.photos import read_rgb
+from ..data.synth import color_fractions, generate
+from ..data.transforms import split_halves, to_square
 
 PATCH = 16
 N_CLASSES = 4  # color_fractions: green, clover, dead, soil/other

@@ -16,8 +16,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from src.data.transforms import MEAN, STD
-from src.pretrain.data import N_CLASSES
+from ..data.transforms import MEAN, STD
+from .data import N_CLASSES
 
 LOG_EPS = 0.01
 

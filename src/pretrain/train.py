@@ -15,11 +15,11 @@ from pathlib import Path
 
 import torch
 
-from src.io_utils import atomic_path
-from src.models.backbone import create_backbone
-from src.pretrain.data import Halves, check_disjoint, ensure_photos, load_halves, photo_dir
-from src.pretrain.objective import Objective, image_targets
-from src.progress import progress
+from ..core.io_utils import atomic_path
+from ..core.progress import progress
+from ..models.backbone import create_backbone
+from .data import Halves, check_disjoint, ensure_photos, load_halves, photo_dir
+from .objective import Objective, image_targets
 
 
 @dataclass

@@ -16,9 +16,9 @@ import torch
 from safetensors.torch import load_file
 from timm.utils.model_ema import ModelEmaV3
 
-from src.config import TrainConfig
-from src.models.biomass import compile_backbone
-from src.training import checkpoint as ckpt
+from ..core.config import TrainConfig
+from ..models.biomass import compile_backbone
+from . import checkpoint as ckpt
 
 
 def make_ema(model: torch.nn.Module, cfg: TrainConfig, last_stage: bool = True) -> ModelEmaV3 | None:

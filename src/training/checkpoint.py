@@ -15,8 +15,8 @@ import yaml
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from src.config import TrainConfig, from_dict, save_yaml
-from src.io_utils import atomic_path, write_json
+from ..core.config import TrainConfig, from_dict, save_yaml
+from ..core.io_utils import atomic_path, write_json
 
 
 def save_weights(model: torch.nn.Module, path: Path, cfg: TrainConfig | None = None, extras: dict | None = None,

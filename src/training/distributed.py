@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from src.errors import UserError
+from ..core.errors import UserError
 
 
 @dataclass(frozen=True)

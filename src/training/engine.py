@@ -8,9 +8,9 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from src.models.biomass import EXPORTS
-from src.progress import progress
-from src.training.distributed import DistInfo
+from ..core.progress import progress
+from ..models.biomass import EXPORTS
+from .distributed import DistInfo
 
 
 def autocast(device: torch.device):

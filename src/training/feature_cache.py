@@ -19,12 +19,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from src.data.mixup import Mixup, mix
-from src.errors import UserError
-from src.progress import progress
-from src.training.cpu_budget import worker_init
-from src.training.distributed import DistInfo, sum_across_ranks
-from src.training.engine import autocast
+from ..core.errors import UserError
+from ..core.progress import progress
+from ..data.mixup import Mixup, mix
+from .cpu_budget import worker_init
+from .distributed import DistInfo, sum_across_ranks
+from .engine import autocast
 
 
 def available_memory() -> int | None:

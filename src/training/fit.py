@@ -4,7 +4,7 @@ Files under ``<output_dir>/fold<k>/``: ``best.safetensors`` + ``config.yaml`` (b
 weighted R^2 over both stages), ``last.safetensors`` + ``last_state.pt`` (resume),
 ``history.csv`` (one row per epoch), ``oof.parquet`` (the best epoch's validation predictions),
 ``epoch_preds.parquet`` (every epoch's validation predictions: the model's merge scores each fold
-at an epoch chosen on the other folds, ``src.oof``) and ``metrics.json`` (written when the fold is
+at an epoch chosen on the other folds, ``src.rounds.oof``) and ``metrics.json`` (written when the fold is
 finished).
 
 An epoch with a non-finite training loss, weight or validation score ends the fold (no later epoch
@@ -23,30 +23,30 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader, DistributedSampler
 
-from src.config import RUNTIME_ONLY, TrainConfig
-from src.data.dataset import BiomassDataset, EpochIndices
-from src.data.depth import load_for_config
-from src.data.fingerprint import files_hash, frame_hash
-from src.data.fold_stats import aux_targets, fold_statistics, vocabularies
-from src.data.mixup import Mixup
-from src.data.photo_prep import PhotoPrep
-from src.data.pseudo import PSEUDO, load_pseudo
-from src.data.transforms import HalfTransform
-from src.errors import UserError
-from src.io_utils import write_csv, write_json, write_parquet
-from src.losses import build_criterion
-from src.metrics import summary
-from src.models.biomass import BiomassModel, export_frame
-from src.oof import EPOCH_PREDS, PRED, TRUE
-from src.targets import SHORT, TARGETS
-from src.training import checkpoint as ckpt
-from src.training import cpu_budget, fold_files
-from src.training.averaging import TopK, make_ema
-from src.training.distributed import DistInfo, all_equal_check, any_rank, barrier
-from src.training.engine import evaluate, train_one_epoch
-from src.training.feature_cache import CachedBatches, CachedValidation, FeatureCache
-from src.training.monitor import Hints
-from src.training.optim import build_optimizer, build_scheduler, current_lrs
+from ..core.config import RUNTIME_ONLY, TrainConfig
+from ..core.errors import UserError
+from ..core.io_utils import write_csv, write_json, write_parquet
+from ..core.metrics import summary
+from ..core.targets import SHORT, TARGETS
+from ..data.dataset import BiomassDataset, EpochIndices
+from ..data.depth import load_for_config
+from ..data.fingerprint import files_hash, frame_hash
+from ..data.fold_stats import aux_targets, fold_statistics, vocabularies
+from ..data.mixup import Mixup
+from ..data.photo_prep import PhotoPrep
+from ..data.pseudo import PSEUDO, load_pseudo
+from ..data.transforms import HalfTransform
+from ..losses import build_criterion
+from ..models.biomass import BiomassModel, export_frame
+from ..rounds.oof import EPOCH_PREDS, PRED, TRUE
+from . import checkpoint as ckpt
+from . import cpu_budget, fold_files
+from .averaging import TopK, make_ema
+from .distributed import DistInfo, all_equal_check, any_rank, barrier
+from .engine import evaluate, train_one_epoch
+from .feature_cache import CachedBatches, CachedValidation, FeatureCache
+from .monitor import Hints
+from .optim import build_optimizer, build_scheduler, current_lrs
 
 
 @dataclass(frozen=True)
@@ -106,9 +106,12 @@ def _rows(halves: tuple | None, mask: np.ndarray) -> tuple | None:
 
 
 def _train_dataset(cfg: TrainConfig, train: pd.DataFrame, stats: dict, extras: dict, fold: int, inputs: dict,
-                   depth: np.ndarray | None, halves: tuple | None) -> tuple[BiomassDataset, dict]:
+                   depth: np.ndarray | None, halves: tuple | None, *, prep: PhotoPrep,
+                   mixup: Mixup | None) -> tuple[BiomassDataset, dict]:  # fmt: skip
     """The fold's training images, plus its pseudo-labelled ones (--pseudo-labels), whose labels
-    then become part of what a resume must match."""
+    then become part of what a resume must match. ``prep`` and ``mixup``: the run's, built once
+    (``PhotoPrep.of(cfg)``, ``Mixup.of(cfg, seed)``) and shared with the other datasets and the
+    frozen-feature batches."""
     aux = aux_targets(train, stats, extras)
     if cfg.pseudo_labels:
         pseudo = load_pseudo(cfg.pseudo_labels, fold, cfg.data_dir, train)
@@ -125,9 +128,16 @@ def _train_dataset(cfg: TrainConfig, train: pd.DataFrame, stats: dict, extras: d
     tf = dict(size=cfg.image_size, border_mask=cfg.use_border_mask, pad_to_square=cfg.use_pad_to_square)
     ds = BiomassDataset(train, cfg.data_dir, HalfTransform(train=True, strong_aug=cfg.strong_aug,
                         perspective=cfg.use_perspective_jitter, aos=cfg.use_aos_hallucination, **tf),
-                        seed=cfg.seed + fold, depth=depth, aux=aux, halves=halves, prep=PhotoPrep.of(cfg),
-                        mixup=Mixup.of(cfg, cfg.seed + fold))  # fmt: skip
+                        seed=cfg.seed + fold, depth=depth, aux=aux, halves=halves, prep=prep, mixup=mixup)  # fmt: skip
     return ds, inputs
+
+
+def val_dataset(cfg: TrainConfig, val: pd.DataFrame, stats: dict, extras: dict, depth: np.ndarray | None,
+                halves: tuple | None, prep: PhotoPrep) -> BiomassDataset:
+    """Validation images, unaugmented (a CV fold's, and the refit check's)."""
+    tf = dict(size=cfg.image_size, border_mask=cfg.use_border_mask, pad_to_square=cfg.use_pad_to_square)
+    return BiomassDataset(val, cfg.data_dir, HalfTransform(train=False, **tf), depth=depth,
+                          aux=aux_targets(val, stats, extras), halves=halves, prep=prep)  # fmt: skip
 
 
 def oof_frame(val: pd.DataFrame, fold: int, outputs: dict[str, np.ndarray]) -> pd.DataFrame:
@@ -150,12 +160,79 @@ def _format(fold: int, stage: Stage, stage_epoch: int, row: dict, parts: list[st
     )
 
 
+@dataclass
+class FoldRun:
+    """What one fold's stages and epochs share, built once: its images, model, datasets, loaders and folder."""
+
+    cfg: TrainConfig
+    info: DistInfo
+    fold: int
+    fold_dir: Path
+    n_train: int
+    val: pd.DataFrame
+    extras: dict
+    model: BiomassModel
+    criterion: torch.nn.Module
+    train_ds: BiomassDataset
+    val_ds: BiomassDataset
+    sampler: DistributedSampler
+    train_loader: DataLoader
+    val_loader: DataLoader
+    steps: int  # optimiser updates per epoch
+    per_rank_batch: int
+    inputs: dict  # what a resume must match
+    mixup: Mixup | None
+    caches: tuple | None = None  # (train, val) frozen-feature caches, built when a frozen stage first needs them
+
+
+@dataclass
+class StageRun:
+    """One stage under way: its optimiser, schedule, EMA and batches."""
+
+    stage: Stage
+    index: int
+    is_last: bool  # the last stage with epochs (--ema-stages, --swa-top-k)
+    wrapped: torch.nn.Module  # DDP around the model, or the model
+    batches: object
+    val_batches: object
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    ema: object
+
+
 def train_fold(cfg: TrainConfig, info: DistInfo, images: pd.DataFrame, folds: pd.Series, fold: int, per_rank_batch: int,
                inputs: dict[str, str], depth: np.ndarray | None = None, halves: tuple | None = None) -> dict:
     """``inputs``: the run's ``fold_inputs`` fingerprint, which a resume must match;
     ``depth``: cached half depth maps in ``images`` row order (None without --use-depth);
-    ``halves``: the image cache (memory map, row per image in ``images`` order), or None."""
-    fold_dir = Path(cfg.output_dir) / f"fold{fold}"
+    ``halves``: the image cache (memory map, row per image in ``images`` order), or None.
+
+    The fold's stages: resume or start, each stage's epochs (each committed), the finish."""
+    run = _prepare_fold(cfg, info, images, folds, fold, per_rank_batch, inputs, depth, halves)
+    state, saved = _resume_or_start(run)
+    hints = Hints(cfg)
+    stages = plan_stages(cfg)
+    last_stage = max(i for i, s in enumerate(stages) if s.epochs > 0)
+    top = TopK(run.fold_dir, cfg.swa_top_k, state.top, by_score=cfg.swa_select == "best")
+    epoch_preds = _saved_epoch_preds(run.fold_dir, state.epoch) if state.epoch else []
+    for si in range(state.stage, len(stages)):
+        if stages[si].epochs <= 0:
+            state.stage = si + 1
+            continue
+        s = _start_stage(run, state, stages[si], si, si == last_stage, saved)
+        saved = None  # only the first stage run resumes mid-stage
+        while state.stage == si:
+            if _epoch(run, state, s, stages, top, epoch_preds, hints):
+                break
+        if state.diverged:
+            _end_at_last_finite_epoch(state, len(stages))
+            break
+    return _finish_fold(run, state, top)
+
+
+def _prepare_fold(cfg: TrainConfig, info: DistInfo, images: pd.DataFrame, folds: pd.Series, fold: int,
+                  per_rank_batch: int, inputs: dict[str, str], depth: np.ndarray | None,
+                  halves: tuple | None) -> FoldRun:  # fmt: skip
+    """The fold's split, model and criterion (seeded by the fold), datasets and loaders."""
     is_val = (folds == fold).to_numpy()
     train, val = images[~is_val].reset_index(drop=True), images[is_val].reset_index(drop=True)
     if val.empty:
@@ -165,12 +242,10 @@ def train_fold(cfg: TrainConfig, info: DistInfo, images: pd.DataFrame, folds: pd
     torch.manual_seed(cfg.seed + fold)
     model = BiomassModel(cfg, stats, extras).to(info.device)
     criterion = build_criterion(cfg, stats).to(info.device)
-
+    prep, mixup = PhotoPrep.of(cfg), Mixup.of(cfg, cfg.seed + fold)
     train_ds, inputs = _train_dataset(cfg, train, stats, extras, fold, inputs, None if depth is None else depth[~is_val],
-                                      _rows(halves, ~is_val))
-    tf = dict(size=cfg.image_size, border_mask=cfg.use_border_mask, pad_to_square=cfg.use_pad_to_square)
-    val_ds = BiomassDataset(val, cfg.data_dir, HalfTransform(train=False, **tf), depth=None if depth is None else depth[is_val],
-                            aux=aux_targets(val, stats, extras), halves=_rows(halves, is_val), prep=PhotoPrep.of(cfg))
+                                      _rows(halves, ~is_val), prep=prep, mixup=mixup)  # fmt: skip
+    val_ds = val_dataset(cfg, val, stats, extras, None if depth is None else depth[is_val], _rows(halves, is_val), prep)
     # One sampler for one or many ranks: rank r takes perm[r::world], so the union of the ranks'
     # i-th batches is exactly one process's i-th batch and DDP matches single-process training.
     sampler = DistributedSampler(train_ds, num_replicas=info.world_size, rank=info.rank, shuffle=True,
@@ -188,10 +263,15 @@ def train_fold(cfg: TrainConfig, info: DistInfo, images: pd.DataFrame, folds: pd
             f"fold {fold}: {len(train)} training images give no full update at --batch-size {cfg.batch_size} "
             f"x --grad-accum {cfg.grad_accum}; lower them"
         )
+    return FoldRun(cfg, info, fold, Path(cfg.output_dir) / f"fold{fold}", len(train), val, extras, model, criterion,
+                   train_ds, val_ds, sampler, train_loader, val_loader, steps, per_rank_batch, inputs, mixup)
 
-    state, resume_opt = FoldState(), None
-    last_w, last_s = fold_dir / "last.safetensors", fold_dir / "last_state.pt"
-    saved, why = _resume_point(fold_dir, cfg, inputs) if cfg.resume else (None, "")
+
+def _resume_or_start(run: FoldRun) -> tuple[FoldState, dict | None]:
+    """The fold's state and the saved one it resumes (its weights loaded into the model) under
+    --resume when that matches this run; otherwise a fresh state in an emptied folder, and None."""
+    cfg, info, fold, fold_dir = run.cfg, run.info, run.fold, run.fold_dir
+    saved, why = _resume_point(fold_dir, cfg, run.inputs) if cfg.resume else (None, "")
     if saved is None:
         # A fresh start leaves nothing of an earlier run in the folder: no old best, OOF or config
         # can be mistaken for this run's.
@@ -201,126 +281,154 @@ def train_fold(cfg: TrainConfig, info: DistInfo, images: pd.DataFrame, folds: pd
         if info.is_main:
             fold_files.start_over(fold_dir)
         barrier(info)
-    else:
-        if "model" in saved:  # last_state.pt is the one commit point: a kill between two files cannot split it
-            model.load_state_dict(saved["model"], strict=True)
-        else:
-            ckpt.load_weights(model, last_w)  # a finished fold keeps no weights in its small state file
-        state = FoldState(**saved["fold_state"])
-        resume_opt = saved
         if info.is_main:
-            print(f"fold {fold}: resuming after epoch {state.epoch}", flush=True)
-    if info.is_main and resume_opt is None:
-        print(f"fold {fold}: {len(train)} train / {len(val)} val images, {steps} updates per epoch", flush=True)
+            print(f"fold {fold}: {run.n_train} train / {len(run.val)} val images, {run.steps} updates per epoch",
+                  flush=True)  # fmt: skip
+        return FoldState(), None
+    if "model" in saved:  # last_state.pt is the one commit point: a kill between two files cannot split it
+        run.model.load_state_dict(saved["model"], strict=True)
+    else:
+        ckpt.load_weights(run.model, fold_dir / "last.safetensors")  # a finished fold keeps no weights in its state
+    state = FoldState(**saved["fold_state"])
+    if info.is_main:
+        print(f"fold {fold}: resuming after epoch {state.epoch}", flush=True)
+    return state, saved
 
-    hints = Hints(cfg)
-    stages = plan_stages(cfg)
-    last_stage = max(i for i, s in enumerate(stages) if s.epochs > 0)
-    top = TopK(fold_dir, cfg.swa_top_k, state.top, by_score=cfg.swa_select == "best")
-    epoch_preds = _saved_epoch_preds(fold_dir, state.epoch) if state.epoch else []
-    caches = None  # (train, val) frozen-feature caches, built when a frozen stage first needs them
-    for si in range(state.stage, len(stages)):
-        stage = stages[si]
-        if stage.epochs <= 0:
-            state.stage = si + 1
-            continue
-        if stage.name == "stage2" and state.stage_epoch == 0:
-            state.stage2_start = state.epoch
-        model.freeze_backbone(not stage.train_backbone)
-        batches, val_batches = train_loader, val_loader
-        if not stage.train_backbone and cfg.feature_cache and not cfg.use_aos_hallucination:
-            if caches is None:
-                caches = _build_feature_caches(model, cfg, info, train_ds, val_ds, per_rank_batch)
-            batches = CachedBatches(caches[0], sampler, per_rank_batch, cfg.seed + fold, Mixup.of(cfg, cfg.seed + fold))
-            val_batches = CachedValidation(caches[1], per_rank_batch)
-        wrapped = DDP(model, device_ids=[info.device.index] if info.device.type == "cuda" else None) if info.distributed else model
-        optimizer = build_optimizer(model, cfg, stage.train_backbone)
-        scheduler = build_scheduler(optimizer, cfg, stage.epochs, steps)
-        ema = make_ema(model, cfg, si == last_stage)  # starts at the stage's first weights (Stage 2: Stage 1's best)
-        if resume_opt is not None and state.stage_epoch > 0:  # mid-stage: the saved optimiser is this stage's
-            optimizer.load_state_dict(resume_opt["optimizer"])
-            scheduler.load_state_dict(resume_opt["scheduler"])
-            if ema is not None:
-                ema.module.load_state_dict(resume_opt["ema"], strict=True)
-        else:
-            scheduler.step_update(state.updates)
-        resume_opt = None
-        while state.stage == si:
-            train_loader.sampler.set_epoch(state.epoch)
-            if isinstance(batches, CachedBatches):
-                batches.set_epoch(state.epoch)
-            train_loss, state.updates = train_one_epoch(
-                wrapped, model, batches, criterion, optimizer, scheduler, info, grad_accum=cfg.grad_accum,
-                grad_clip=cfg.grad_clip, updates_done=state.updates, desc=f"fold {fold} {stage.name} ep {state.stage_epoch + 1}",
-                ema=ema,
-            )
-            judged = model if ema is None else ema.module  # what is validated is what is saved
-            val_out, val_loss, scores, why = _validate(model, judged, train_loss, val, val_batches, criterion, info)
-            if why:  # nothing of this epoch is kept, and no later epoch or stage runs
-                state.diverged = {"what": f"{stage.name} diverged at epoch {state.epoch} ({why})",
-                                  "fix": _divergence_fix(cfg, stage)}  # fmt: skip
-                break
-            row = {"epoch": state.epoch, "stage": stage.name, **{f"lr_{k}": v for k, v in current_lrs(optimizer).items()},
-                   **{f"train_{k}" if k != "loss" else "train_loss": v for k, v in train_loss.items()},
-                   **{f"val_{k}" if k != "loss" else "val_loss": v for k, v in val_loss.items()}, **scores}
-            state.history.append(row)
-            epoch_preds.append(oof_frame(val, fold, val_out)[["image_id", "fold", "State", *TRUE, *PRED]].assign(
-                epoch=state.epoch, stage=stage.name, stage_epoch=state.stage_epoch))
-            score = scores["weighted_r2"]  # finite: _validate saw to it
-            all_equal_check(info, score)
-            if info.is_main:
-                parts = [k[len("train_"):] for k in row if k.startswith("train_") and k != "train_loss"]
-                print(_format(fold, stage, state.stage_epoch, row, parts), flush=True)
-                for msg in hints.check(row["epoch"], row):
-                    print(msg, flush=True)
-            if score > state.best:
-                state.best, state.best_epoch = score, state.epoch
-                if info.is_main:
-                    ckpt.save_weights(judged, fold_dir / "best.safetensors", cfg, extras)
-                    write_parquet(fold_dir / "oof.parquet", oof_frame(val, fold, val_out))
-            if si == last_stage:
-                top.offer(score, state.epoch, judged, info.is_main)
-            if score > state.stage_best:
-                state.stage_best, state.bad_epochs = score, 0
-            else:
-                state.bad_epochs += 1
-            state.epoch += 1
-            state.stage_epoch += 1
-            stop_stage = stage.patience is not None and state.bad_epochs >= stage.patience
-            if stop_stage or state.stage_epoch >= stage.epochs:
-                state.stage, state.stage_epoch, state.updates = si + 1, 0, 0
-                state.stage_best, state.bad_epochs = float("-inf"), 0
-                if any(s.epochs > 0 for s in stages[si + 1:]):  # same answer on every rank: safe to barrier
-                    # The next stage starts from this one's best. Load it now so the commit below holds it:
-                    # a resume must not read best.safetensors later, when the next epoch may have replaced it.
-                    barrier(info)  # rank 0 may have just written it
-                    if (fold_dir / "best.safetensors").exists():
-                        ckpt.load_weights(model, fold_dir / "best.safetensors")
-            if info.is_main:
-                write_csv(fold_dir / "history.csv", pd.DataFrame(state.history))
-                write_parquet(fold_dir / EPOCH_PREDS, pd.concat(epoch_preds, ignore_index=True))
-                ckpt.save_weights(model, last_w, metadata={"epoch": str(state.epoch)})
-                ckpt.save_state(last_s, {"fold_state": state.__dict__, "model": ckpt.cpu_state(model),
-                                         "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                                         "config": cfg.to_dict(), "inputs": inputs,
-                                         **({"ema": ckpt.cpu_state(ema.module)} if ema is not None else {})})
-            barrier(info)
-            top.prune(info.is_main)  # only now: the committed state no longer lists what it drops
-            if stop_stage:
-                if info.is_main:
-                    print(f"fold {fold}: no weighted_r2 gain for {stage.patience} epochs, leaving {stage.name}", flush=True)
-                break
-        if state.diverged:
-            _end_at_last_finite_epoch(state, len(stages))
-            break
+
+def _stage_batches(run: FoldRun, stage: Stage) -> tuple:
+    """The stage's training and validation batches: the loaders, or in a frozen stage with
+    --feature-cache the frozen backbone's cached tokens (the caches built once, when first needed)."""
+    cfg = run.cfg
+    if stage.train_backbone or not cfg.feature_cache or cfg.use_aos_hallucination:
+        return run.train_loader, run.val_loader
+    if run.caches is None:
+        run.caches = _build_feature_caches(run.model, cfg, run.info, run.train_ds, run.val_ds, run.per_rank_batch)
+    return (CachedBatches(run.caches[0], run.sampler, run.per_rank_batch, cfg.seed + run.fold, run.mixup),
+            CachedValidation(run.caches[1], run.per_rank_batch))  # fmt: skip
+
+
+def _start_stage(run: FoldRun, state: FoldState, stage: Stage, si: int, is_last: bool, saved: dict | None) -> StageRun:
+    """The stage's optimiser, schedule and EMA: fresh, or mid-stage the saved ones (``saved``)."""
+    cfg, info, model = run.cfg, run.info, run.model
+    if stage.name == "stage2" and state.stage_epoch == 0:
+        state.stage2_start = state.epoch
+    model.freeze_backbone(not stage.train_backbone)
+    batches, val_batches = _stage_batches(run, stage)
+    wrapped = DDP(model, device_ids=[info.device.index] if info.device.type == "cuda" else None) if info.distributed else model
+    optimizer = build_optimizer(model, cfg, stage.train_backbone)
+    scheduler = build_scheduler(optimizer, cfg, stage.epochs, run.steps)
+    ema = make_ema(model, cfg, is_last)  # starts at the stage's first weights (Stage 2: Stage 1's best)
+    if saved is not None and state.stage_epoch > 0:  # mid-stage: the saved optimiser is this stage's
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        if ema is not None:
+            ema.module.load_state_dict(saved["ema"], strict=True)
+    else:
+        scheduler.step_update(state.updates)
+    return StageRun(stage, si, is_last, wrapped, batches, val_batches, optimizer, scheduler, ema)
+
+
+def _epoch(run: FoldRun, state: FoldState, s: StageRun, stages: list[Stage], top: TopK, epoch_preds: list,
+           hints: Hints) -> bool:  # fmt: skip
+    """One epoch: train, validate, keep what is best, commit. True when the stage ends early
+    (patience) or the fold diverged (then nothing of the epoch is kept)."""
+    cfg, info, fold, stage = run.cfg, run.info, run.fold, s.stage
+    run.train_loader.sampler.set_epoch(state.epoch)
+    if isinstance(s.batches, CachedBatches):
+        s.batches.set_epoch(state.epoch)
+    train_loss, state.updates = train_one_epoch(
+        s.wrapped, run.model, s.batches, run.criterion, s.optimizer, s.scheduler, info, grad_accum=cfg.grad_accum,
+        grad_clip=cfg.grad_clip, updates_done=state.updates, desc=f"fold {fold} {stage.name} ep {state.stage_epoch + 1}",
+        ema=s.ema,
+    )
+    judged = run.model if s.ema is None else s.ema.module  # what is validated is what is saved
+    val_out, val_loss, scores, why = _validate(run.model, judged, train_loss, run.val, s.val_batches, run.criterion, info)
+    if why:  # nothing of this epoch is kept, and no later epoch or stage runs
+        state.diverged = {"what": f"{stage.name} diverged at epoch {state.epoch} ({why})",
+                          "fix": _divergence_fix(cfg, stage)}  # fmt: skip
+        return True
+    row = {"epoch": state.epoch, "stage": stage.name, **{f"lr_{k}": v for k, v in current_lrs(s.optimizer).items()},
+           **{f"train_{k}" if k != "loss" else "train_loss": v for k, v in train_loss.items()},
+           **{f"val_{k}" if k != "loss" else "val_loss": v for k, v in val_loss.items()}, **scores}
+    state.history.append(row)
+    epoch_preds.append(oof_frame(run.val, fold, val_out)[["image_id", "fold", "State", *TRUE, *PRED]].assign(
+        epoch=state.epoch, stage=stage.name, stage_epoch=state.stage_epoch))
+    score = scores["weighted_r2"]  # finite: _validate saw to it
+    all_equal_check(info, score)
+    if info.is_main:
+        parts = [k[len("train_"):] for k in row if k.startswith("train_") and k != "train_loss"]
+        print(_format(fold, stage, state.stage_epoch, row, parts), flush=True)
+        for msg in hints.check(row["epoch"], row):
+            print(msg, flush=True)
+    _keep_best(run, state, s, score, judged, val_out, top)
+    stop_stage = _advance(run, state, s, stages)
+    _commit_epoch(run, state, s, epoch_preds)
+    top.prune(info.is_main)  # only now: the committed state no longer lists what it drops
+    if stop_stage and info.is_main:
+        print(f"fold {fold}: no weighted_r2 gain for {stage.patience} epochs, leaving {stage.name}", flush=True)
+    return stop_stage
+
+
+def _keep_best(run: FoldRun, state: FoldState, s: StageRun, score: float, judged, val_out: dict, top: TopK) -> None:
+    """The fold's best weights and OOF so far, the last stage's top epochs (--swa-top-k), patience."""
+    if score > state.best:
+        state.best, state.best_epoch = score, state.epoch
+        if run.info.is_main:
+            ckpt.save_weights(judged, run.fold_dir / "best.safetensors", run.cfg, run.extras)
+            write_parquet(run.fold_dir / "oof.parquet", oof_frame(run.val, run.fold, val_out))
+    if s.is_last:
+        top.offer(score, state.epoch, judged, run.info.is_main)
+    if score > state.stage_best:
+        state.stage_best, state.bad_epochs = score, 0
+    else:
+        state.bad_epochs += 1
+
+
+def _advance(run: FoldRun, state: FoldState, s: StageRun, stages: list[Stage]) -> bool:
+    """The counters past this epoch; at the stage's end (its epochs, or --stage1-patience: then
+    True) the next stage starts from this one's best weights."""
+    stage, si = s.stage, s.index
+    state.epoch += 1
+    state.stage_epoch += 1
+    stop_stage = stage.patience is not None and state.bad_epochs >= stage.patience
+    if stop_stage or state.stage_epoch >= stage.epochs:
+        state.stage, state.stage_epoch, state.updates = si + 1, 0, 0
+        state.stage_best, state.bad_epochs = float("-inf"), 0
+        if any(x.epochs > 0 for x in stages[si + 1:]):  # same answer on every rank: safe to barrier
+            # The next stage starts from this one's best. Load it now so the commit below holds it:
+            # a resume must not read best.safetensors later, when the next epoch may have replaced it.
+            barrier(run.info)  # rank 0 may have just written it
+            if (run.fold_dir / "best.safetensors").exists():
+                ckpt.load_weights(run.model, run.fold_dir / "best.safetensors")
+    return stop_stage
+
+
+def _commit_epoch(run: FoldRun, state: FoldState, s: StageRun, epoch_preds: list) -> None:
+    """The epoch's files, then its resume state in one atomic file (the commit point); all ranks wait."""
+    fold_dir, model = run.fold_dir, run.model
+    if run.info.is_main:
+        write_csv(fold_dir / "history.csv", pd.DataFrame(state.history))
+        write_parquet(fold_dir / EPOCH_PREDS, pd.concat(epoch_preds, ignore_index=True))
+        ckpt.save_weights(model, fold_dir / "last.safetensors", metadata={"epoch": str(state.epoch)})
+        ckpt.save_state(fold_dir / "last_state.pt", {
+            "fold_state": state.__dict__, "model": ckpt.cpu_state(model), "optimizer": s.optimizer.state_dict(),
+            "scheduler": s.scheduler.state_dict(), "config": run.cfg.to_dict(), "inputs": run.inputs,
+            **({"ema": ckpt.cpu_state(s.ema.module)} if s.ema is not None else {})})  # fmt: skip
+    barrier(run.info)
+
+
+def _finish_fold(run: FoldRun, state: FoldState, top: TopK) -> dict:
+    """The fold's result: its best epoch (or the average of its top epochs), committed, then metrics.json."""
+    cfg, info, fold, fold_dir = run.cfg, run.info, run.fold, run.fold_dir
     if state.best_epoch < 0:  # nothing is committed: a resume starts over
         raise UserError(_outcome(fold, state) + f". {fold_dir} has no best.safetensors, OOF or metrics.json")
     if top.active and len(top.kept) > 1 and not state.swa and not state.diverged:  # diverged: keep the best epoch
-        _average_top_k(model, top, state, cfg, info, val, val_loader, criterion, fold, extras)
+        _average_top_k(run.model, top, state, cfg, info, run.val, run.val_loader, run.criterion, fold, run.extras)
     result = fold_metrics(fold_dir, state)
     if info.is_main:
         # A finished fold needs no optimiser state to resume (it has nothing left to do): keep it small.
-        ckpt.save_state(last_s, {"fold_state": state.__dict__, "config": cfg.to_dict(), "inputs": inputs})
+        ckpt.save_state(fold_dir / "last_state.pt", {"fold_state": state.__dict__, "config": cfg.to_dict(),
+                                                     "inputs": run.inputs})  # fmt: skip
     top.clear(info.is_main)  # after the commit: a kill before it redoes the average from the files
     if info.is_main:
         write_json(fold_dir / "metrics.json", result)

@@ -15,8 +15,8 @@ import socket
 import time
 from pathlib import Path
 
-from src.errors import UserError
-from src.training import checkpoint as ckpt
+from ..core.errors import UserError
+from . import checkpoint as ckpt
 
 
 @contextlib.contextmanager

@@ -7,7 +7,7 @@ the guide's second option, presence heads, is offered instead).
 
 from __future__ import annotations
 
-from src.config import TrainConfig
+from ..core.config import TrainConfig
 
 CLOVER_STALL_EPOCHS = 10
 DEAD_AFTER_EPOCHS = 20

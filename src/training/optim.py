@@ -22,7 +22,7 @@ import torch
 from timm.optim import param_groups_layer_decay
 from timm.scheduler import WSDLRScheduler
 
-from src.config import TrainConfig
+from ..core.config import TrainConfig
 
 LR_FLOOR = 0.01  # of each group's peak, at the end of the stage
 DECAY_FRACTION = 0.2  # of the stage's updates after the warm-up; timm's default for WSD

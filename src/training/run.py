@@ -11,18 +11,18 @@ from pathlib import Path
 
 import pandas as pd
 
-from src.config import TrainConfig, idle_flags
-from src.data import image_cache
-from src.data.depth import load_for_config
-from src.data.fingerprint import fold_inputs
-from src.data.folds import make_folds, read_fold_csv
-from src.data.photos import check_photos
-from src.data.schema import load_train
-from src.errors import UserError
-from src.oof import merge_oof
-from src.training.distributed import cleanup, per_rank_batch, setup
-from src.training.fit import train_fold
-from src.training.fold_files import fold_lock, remove_stale_temporaries
+from ..core.config import TrainConfig, idle_flags
+from ..core.errors import UserError
+from ..data import image_cache
+from ..data.depth import load_for_config
+from ..data.fingerprint import fold_inputs
+from ..data.folds import make_folds, read_fold_csv
+from ..data.photos import check_photos
+from ..data.schema import load_train
+from ..rounds.oof import merge_oof
+from .distributed import cleanup, per_rank_batch, setup
+from .fit import train_fold
+from .fold_files import fold_lock, remove_stale_temporaries
 
 
 def resolve_folds(cfg: TrainConfig, images: pd.DataFrame) -> pd.Series:
@@ -73,7 +73,7 @@ def run(cfg: TrainConfig) -> dict | None:
             for line in idle_flags(cfg) + data_notes(cfg, sizes):
                 print(f"note: {line}", flush=True)
         if cfg.refit_from:
-            from src.training.refit import refit
+            from .refit import refit
 
             return refit(cfg, info, images, per_rank, inputs, depth, halves)
         for k in todo:

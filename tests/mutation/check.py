@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
 
-from src.config import build_parser, default_of  # noqa: E402
+from src.core.config import build_parser, default_of  # noqa: E402
 
 GUIDE_FLAGS = [ROOT.parent / "shared" / "seed" / "flags.txt", HERE / "flags.txt"]
 EXTRA_FLAGS = HERE / "extra_flags.txt"  # flags added beyond the guide

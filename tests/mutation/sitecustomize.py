@@ -19,7 +19,7 @@ class _PinOnImport(importlib.abc.MetaPathFinder):
         self.name, self.value = name, value
 
     def find_spec(self, fullname, path, target=None):
-        if fullname != "src.config":
+        if fullname != "src.core.config":
             return None
         spec = importlib.machinery.PathFinder.find_spec(fullname, path)
         if spec is None:
@@ -37,7 +37,7 @@ class _PinOnImport(importlib.abc.MetaPathFinder):
 def _pin(module, name: str, value) -> None:
     if name not in module.FIELDS:
         raise SystemExit(f"FLAG_MUTANT: {name!r} is not a TrainConfig field")
-    src = os.path.dirname(os.path.abspath(module.__file__)) + os.sep
+    src = os.path.dirname(os.path.dirname(os.path.abspath(module.__file__))) + os.sep  # src/, above src/core/
     getframe, read = sys._getframe, object.__getattribute__
 
     def __getattribute__(self, attr):

@@ -14,12 +14,12 @@ sys.path.insert(0, str(REPO))  # the src package, from the repository root
 # The jobs' `python -m src...` too, whatever the working directory (--directory .test, cluster jobs).
 shell.prefix(f"export PYTHONPATH={shlex.quote(str(REPO))}:$PYTHONPATH; ")
 
-from src.code_inputs import files_of  # noqa: E402
-from src.config import DEPTH_HUB_IDS, default_of, from_dict, load_yaml, to_argv  # noqa: E402
+from src.cluster.code_inputs import files_of  # noqa: E402
+from src.core.config import DEPTH_HUB_IDS, default_of, from_dict, load_yaml, to_argv  # noqa: E402
 from src.data.photo_prep import PhotoPrep  # noqa: E402
-from src.errors import UserError  # noqa: E402
-from src.targets import SHORT  # noqa: E402
-from src.weights_check import backbone_problem, depth_problem, offline  # noqa: E402
+from src.core.errors import UserError  # noqa: E402
+from src.core.targets import SHORT  # noqa: E402
+from src.cluster.weights_check import backbone_problem, depth_problem, offline  # noqa: E402
 
 if not config:
     raise WorkflowError("no config: run with --configfile config/config.yaml (real data) or config/demo.yaml")

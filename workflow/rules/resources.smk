@@ -3,8 +3,8 @@
 # speed changes). On SLURM, a job no node could hold stops the run before anything is submitted.
 from snakemake.resources import Resource
 
-from src.node_limits import Request, slurm_nodes, too_big, visible_gpus
-from src.run_lock import hold as hold_results_lock
+from src.cluster.node_limits import Request, slurm_nodes, too_big, visible_gpus
+from src.cluster.run_lock import hold as hold_results_lock
 
 # Snakemake has not chosen the executor yet while it parses this file; `nodes` (--jobs) is set
 # only for cluster executors, and remote_exec inside a cluster job.

@@ -27,10 +27,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from src.errors import UserError
-from src.io_utils import write_json, write_parquet
-from src.metrics import summary, weighted_r2
-from src.targets import TARGETS
+from ..core.errors import UserError
+from ..core.io_utils import write_json, write_parquet
+from ..core.metrics import summary, weighted_r2
+from ..core.targets import TARGETS
 
 TRUE = [f"true_{t}" for t in TARGETS]
 PRED = [f"pred_{t}" for t in TARGETS]

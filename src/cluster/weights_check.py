@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from src.config import DEPTH_HUB_IDS, HUB_TAG, TIMM_NAMES
+from ..core.config import DEPTH_HUB_IDS, HUB_TAG, TIMM_NAMES
 
 # What each hub download must have brought: timm's weights, transformers' config and weights.
 TIMM_FILE = "model.safetensors"

@@ -10,7 +10,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from src.errors import UserError
+from .errors import UserError
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from src.targets import SHORT, TARGETS, WEIGHTS
+from .targets import SHORT, TARGETS, WEIGHTS
 
 _W = np.array([WEIGHTS[t] for t in TARGETS], dtype=np.float64)
 

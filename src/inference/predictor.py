@@ -23,19 +23,19 @@ import torch
 import yaml
 from torch.utils.data import DataLoader
 
-from src.config import RUNTIME_ONLY, TrainConfig
-from src.data import schema
-from src.data.dataset import BiomassDataset
-from src.data.depth import depth_key, load_for_config, photo_depth
-from src.data.photo_prep import PhotoPrep
-from src.data.photos import read_rgb
-from src.data.transforms import HalfTransform
-from src.errors import UserError
-from src.models.biomass import EXPORTS, BiomassModel, export_frame
-from src.progress import progress
-from src.targets import G_PER_QUADRAT_TO_KG_PER_HA, TARGETS
-from src.training.checkpoint import load_config, load_extras, load_weights
-from src.training.engine import autocast
+from ..core.config import RUNTIME_ONLY, TrainConfig
+from ..core.errors import UserError
+from ..core.progress import progress
+from ..core.targets import G_PER_QUADRAT_TO_KG_PER_HA, TARGETS
+from ..data import schema
+from ..data.dataset import BiomassDataset
+from ..data.depth import depth_key, load_for_config, photo_depth
+from ..data.photo_prep import PhotoPrep
+from ..data.photos import read_rgb
+from ..data.transforms import HalfTransform
+from ..models.biomass import EXPORTS, BiomassModel, export_frame
+from ..training.checkpoint import load_config, load_extras, load_weights
+from ..training.engine import autocast
 
 CHECKPOINT = "best.safetensors"
 _IDX = {t: i for i, t in enumerate(TARGETS)}
@@ -164,8 +164,9 @@ def _warn_missing_folds(model_dir: Path, models: list[FoldModel]) -> None:
 # --- images --------------------------------------------------------------------------------------
 
 
-def check_photos(paths: Sequence[str | Path]) -> list[Path]:
-    """Each photo must exist and open as an image; the first that does not is a UserError."""
+def open_photos(paths: Sequence[str | Path]) -> list[Path]:
+    """The user's own photos (--images), resolved: each must exist and open as an image; the first
+    that does not is a UserError. (Not ``src.data.photos.check_photos``, which checks a data folder.)"""
     if not paths:
         raise UserError("--images: give at least one photo")
     out = []

@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from src.errors import Parser, UserError
+from .errors import Parser, UserError
 
 # timm's DINOv3 architectures per --backbone-size; "hub" weights are timm's HUB_TAG release of each.
 TIMM_NAMES = {
@@ -443,6 +443,6 @@ def to_argv(values: dict[str, Any]) -> list[str]:
 
 
 def save_yaml(cfg: TrainConfig, path) -> None:
-    from src.io_utils import write_text
+    from .io_utils import write_text
 
     write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))

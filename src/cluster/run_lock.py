@@ -14,7 +14,7 @@ import socket
 import time
 from pathlib import Path
 
-from src.errors import UserError
+from ..core.errors import UserError
 
 NAME = ".run.lock"
 _held = []  # open lock files of this process: closing one would release its lock

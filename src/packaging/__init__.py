@@ -1,0 +1,1 @@
+"""Packaging: the offline Kaggle dataset of a run and the inference it runs on Kaggle."""

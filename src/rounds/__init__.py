@@ -1,0 +1,1 @@
+"""After round 1: OOF merge, ensemble, pseudo-labels, post-processing, the final recipe, and scores."""
