@@ -10,12 +10,16 @@ DEMO_DIR := data/demo
 
 .PHONY: demo test test-slow lint bench gpu-check clean-demo mutation slurm-acceptance
 
-# .venv/wheels: the dependency wheels of the offline Kaggle package (src.kaggle_package, src/packaging/), downloaded
-# once here because its build (and its test) run without network.
-.venv/.installed: requirements.txt requirements-kaggle.txt
+# .venv/wheels: the dependency wheels of the offline Kaggle package (src.kaggle_package, src/packaging/): what a
+# Kaggle image may lack, at this venv's versions, for each CPython an image may run (src.kaggle_wheels).
+# .venv/kaggle-standin: an older transformers, as a Kaggle image has it, for the package's install test.
+# Downloaded once here because the build and its tests run without network.
+.venv/.installed: requirements.txt pyproject.toml
 	@test -x $(PY) || python3 -m venv .venv
 	$(PY) -m pip install -qq --disable-pip-version-check -r requirements.txt
-	$(PY) -m pip download -q --disable-pip-version-check --no-deps --only-binary=:all: -d .venv/wheels -r requirements-kaggle.txt
+	$(PY) -m src.kaggle_wheels --out .venv/wheels
+	$(PY) -m pip download -q --disable-pip-version-check --no-deps --only-binary=:all: -d .venv/kaggle-standin \
+		transformers==4.57.1 huggingface-hub==0.36.2 tokenizers==0.22.2
 	@touch $@
 
 # The main job: the Snakemake pipeline on the embedded demo data (config/demo.yaml), then its

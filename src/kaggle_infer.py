@@ -17,7 +17,7 @@ from .packaging.kaggle_infer import KAGGLE_DATA, KAGGLE_WORK, run
 def build_parser(package_dir: Path) -> argparse.ArgumentParser:
     p = Parser(prog="python infer.py", description=__doc__.split("\n\n")[0].removeprefix("CLI: "))
     p.add_argument("--data-dir", default=KAGGLE_DATA, help=f"competition folder with test.csv, sample_submission.csv "
-                   f"and test/ (default: {KAGGLE_DATA})")  # fmt: skip
+                   f"and test/ (default: {KAGGLE_DATA}; when absent, the one such folder under /kaggle/input)")  # fmt: skip
     p.add_argument("--package-dir", default=str(package_dir), help="this package: recipe.json, models/, depth/ "
                    "(default: the folder holding infer.py)")  # fmt: skip
     p.add_argument("--work-dir", default=KAGGLE_WORK, help=f"writable scratch folder (default: {KAGGLE_WORK})")

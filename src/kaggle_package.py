@@ -20,7 +20,7 @@ def main(argv=None) -> None:
     p = parser("kaggle_package", __doc__)
     p.add_argument("--results-dir", required=True, help="the run's results folder (final/recipe.json, models/)")
     p.add_argument("--out", help="package folder (default: <results-dir>/kaggle)")
-    p.add_argument("--wheels-dir", help="where requirements-kaggle.txt's wheels are (default: <this venv>/wheels, "
+    p.add_argument("--wheels-dir", help="where the dependency wheels are (default: <this venv>/wheels, "
                    "filled by make .venv/.installed)")  # fmt: skip
     p.add_argument("--kaggle-user", default="", help=f"Kaggle username of the dataset id (default: $KAGGLE_USERNAME, "
                    f"else {PLACEHOLDER_USER}: edit dataset-metadata.json before uploading)")  # fmt: skip

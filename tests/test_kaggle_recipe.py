@@ -91,12 +91,13 @@ def test_a_work_dir_whose_models_folder_is_the_package_is_refused(demo_data, tmp
 def test_the_package_build_refuses_a_model_dir_that_leaves_the_results(how, tmp_path):
     """A results recipe's '../../M' would be copied to <package>/models/../../M: outside the package."""
     from src.core.errors import UserError
-    from src.packaging.kaggle_package import build, kaggle_requirements
+    from src.packaging import wheelhouse
+    from src.packaging.kaggle_package import build
 
     wheels = tmp_path / "wheels"
     wheels.mkdir()
-    for name in kaggle_requirements():
-        (wheels / f"{name.replace('-', '_')}-0-py3-none-any.whl").write_text("")
+    for name, version in wheelhouse.carried().items():
+        (wheels / f"{name.replace('-', '_')}-{version}-py3-none-any.whl").write_text("")
     results = tmp_path / "runs/results"
     (results / "final").mkdir(parents=True)
     source = _fold(tmp_path / "src/M1/fold0").parent

@@ -151,10 +151,28 @@ def build_depth_caches(recipe: dict, root: Path, data_dir: Path, depth_dir: Path
     return list(wanted)
 
 
+def find_data_dir(data_dir: str | Path, inputs: str | Path = "/kaggle/input") -> Path:
+    """``data_dir`` when it holds the competition's files; when it does not exist and is the default,
+    the one folder under ``inputs`` (two levels deep: Kaggle mounts competitions at
+    /kaggle/input/<slug> or /kaggle/input/competitions/<slug>) with test.csv and sample_submission.csv."""
+    data_dir = Path(data_dir)
+    if data_dir.exists() or str(data_dir) != KAGGLE_DATA:
+        return data_dir
+    found = sorted({p.parent for pattern in ("*/test.csv", "*/*/test.csv") for p in Path(inputs).glob(pattern)
+                    if (p.parent / "sample_submission.csv").is_file()})  # fmt: skip
+    if len(found) != 1:
+        what = f"{len(found)} folders with test.csv and sample_submission.csv ({', '.join(map(str, found[:3]))})" \
+            if found else "no folder with test.csv and sample_submission.csv"
+        raise UserError(f"{data_dir} does not exist and {inputs} has {what}; attach the competition's data to the "
+                        "notebook or pass --data-dir DIR")  # fmt: skip
+    print(f"competition data: {found[0]} ({data_dir} does not exist)", flush=True)
+    return found[0]
+
+
 def run(package_dir: str | Path, data_dir: str | Path, work_dir: str | Path, out: str | Path | None = None,
         device: str = "auto") -> pd.DataFrame:
     """Write the package's submission for ``data_dir``'s test images; returns it."""
-    package_dir, data_dir, work_dir = Path(package_dir).resolve(), Path(data_dir), Path(work_dir)
+    package_dir, data_dir, work_dir = Path(package_dir).resolve(), find_data_dir(data_dir), Path(work_dir)
     recipe = read_recipe(package_dir)  # before anything is read or written
     _check_work_dir(package_dir, work_dir / "models")
     dev = pick_device(device)

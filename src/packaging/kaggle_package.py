@@ -8,14 +8,15 @@ Layout of ``--out`` (upload it with ``kaggle datasets create -p results/kaggle``
     recipe.json              the final recipe, model_dir relative to this folder
     models/<member>/<fold>/  best.safetensors, extras.json, config.yaml (paths made package-relative)
     depth/<name>/            the Depth Anything V2 model the members' depth caches came from
-    wheels/                  pasture_biomass-*.whl + requirements-kaggle.txt's wheels
+    wheels/                  pasture_biomass-*.whl + the wheels of what a Kaggle image may lack (wheelhouse)
     infer.py                 python infer.py [--data-dir /kaggle/input/csiro-biomass] -> submission.csv
     inference.ipynb          pip install --no-index from wheels/, then infer.py
     dataset-metadata.json    title, id (<username>/<slug>), licenses
     README.md
 
-The dependency wheels come from ``<venv>/wheels`` (``make .venv/.installed`` downloads them; the
-build itself needs no network). A member whose config names a hub id for its depth model gets
+The dependency wheels come from ``<venv>/wheels`` (``make .venv/.installed`` downloads them with
+``src.kaggle_wheels``; the build itself needs no network). pip keeps what the image has unless it
+is older than the project's floor; the build says which floors those are. A member whose config names a hub id for its depth model gets
 that model from the local Hugging Face cache (HF_HUB_OFFLINE) through ``save_pretrained``.
 """
 
@@ -23,7 +24,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -37,9 +37,9 @@ from ..core.errors import UserError
 from ..core.io_utils import write_json, write_text
 from ..inference.predictor import CHECKPOINT
 from ..models.depth_anything import model_id
+from . import wheelhouse
 
 REPO = Path(__file__).resolve().parents[2]
-REQUIREMENTS = REPO / "requirements-kaggle.txt"
 PROJECT = "pasture-biomass"
 PLACEHOLDER_USER = "YOUR_KAGGLE_USERNAME"
 DEFAULTS = TrainConfig()
@@ -47,15 +47,22 @@ DEFAULTS = TrainConfig()
 INFER = '''"""Kaggle inference of this package: python infer.py [--data-dir DIR] [--work-dir DIR] (see --help).
 Needs the project's wheel: pip install --no-index --find-links <this folder>/wheels pasture-biomass"""
 
+import os
 import sys
 from pathlib import Path
 
+# A Kaggle notebook has no internet: no hub lookups, no update checks (set before any import of them).
+for key in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "NO_ALBUMENTATIONS_UPDATE", "HF_HUB_DISABLE_TELEMETRY"):
+    os.environ.setdefault(key, "1")
+
 try:
     from pasture_biomass.kaggle_infer import main
-except ImportError as exc:
+except ModuleNotFoundError as exc:
+    if exc.name != "pasture_biomass":
+        raise  # a dependency is missing or broken: its own error says which
     here = Path(__file__).resolve().parent
-    sys.exit(f"error: {exc}; install the package first: pip install --no-index --find-links {here / 'wheels'} "
-             "pasture-biomass")
+    sys.exit(f"error: the pasture_biomass package is not installed; install it first: pip install --no-index "
+             f"--find-links {here / 'wheels'} pasture-biomass")
 
 if __name__ == "__main__":
     main(sys.argv[1:], package_dir=Path(__file__).resolve().parent)
@@ -68,35 +75,17 @@ from pathlib import Path
 PKG = Path("/kaggle/input/{slug}")
 if not (PKG / "infer.py").exists():
     PKG = next(p.parent for p in Path("/kaggle/input").glob("**/infer.py") if (p.parent / "recipe.json").exists())
+# pip keeps the image's packages that satisfy the requirements: it only adds what is missing
 subprocess.run([sys.executable, "-m", "pip", "install", "--no-index", "--find-links", str(PKG / "wheels"),
                 "{project}"], check=True)
 subprocess.run([sys.executable, str(PKG / "infer.py"), "--work-dir", "/kaggle/working"], check=True)'''
 
 
-def _canon(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()
-
-
-def kaggle_requirements(path: Path = REQUIREMENTS) -> dict[str, str]:
-    """Distribution name (canonical) -> its line in requirements-kaggle.txt."""
-    out = {}
-    for line in path.read_text().splitlines():
-        spec = line.split("#", 1)[0].strip()
-        if spec:
-            out[_canon(re.split(r"[<>=!~; \[]", spec, maxsplit=1)[0])] = spec
-    return out
-
-
-def dependency_wheels(wheels_dir: Path, requirements: dict[str, str]) -> list[Path]:
-    """One wheel per requirement from ``wheels_dir``; a missing one is a one-line UserError."""
-    found = {}
-    for whl in sorted(wheels_dir.glob("*.whl")) if wheels_dir.is_dir() else []:
-        found.setdefault(_canon(whl.name.split("-", 1)[0]), whl)
-    missing = [spec for name, spec in requirements.items() if name not in found]
-    if missing:
-        raise UserError(f"{wheels_dir}: no wheel for {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}; "
-                        "run make .venv/.installed (it downloads requirements-kaggle.txt's wheels once)")  # fmt: skip
-    return [found[name] for name in requirements]
+def install_spec(package: Path) -> str:
+    """What the notebook installs: the project, with its ``lora`` extra (peft) when a member was
+    trained with LoRA adapters, which inference rebuilds before loading the weights."""
+    lora = any((yaml.safe_load(p.read_text()) or {}).get("lora_rank", 0) for p in package.glob("models/**/config.yaml"))
+    return f"{PROJECT}[lora]" if lora else PROJECT
 
 
 def build_project_wheel(dest: Path, repo: Path = REPO) -> Path:
@@ -193,11 +182,11 @@ def copy_members(recipe: dict, results: Path, package: Path) -> dict:
     return {**recipe, "members": members}
 
 
-def notebook(slug: str) -> dict:
+def notebook(slug: str, spec: str = PROJECT) -> dict:
     """A minimal nbformat-4 notebook: install the wheels, run infer.py."""
     text = ("# Pasture biomass: offline inference\n"
             "Installs this dataset's wheels (no internet) and writes `submission.csv`.")
-    code = NOTEBOOK_CODE.replace("{slug}", slug).replace("{project}", PROJECT)
+    code = NOTEBOOK_CODE.replace("{slug}", slug).replace("{project}", spec)
     def cell(kind: str, src: str, **kw) -> dict:
         return {"cell_type": kind, "metadata": {}, "source": src.splitlines(keepends=True), **kw}
 
@@ -208,7 +197,7 @@ def notebook(slug: str) -> dict:
                       {**cell("code", code, execution_count=None, outputs=[]), "id": "run"}]}  # fmt: skip
 
 
-def readme(recipe: dict, user: str, slug: str) -> str:
+def readme(recipe: dict, user: str, slug: str, spec: str = PROJECT) -> str:
     members = "\n".join(f"- `{m['model_dir']}` weight {m['weight']:.4f}" for m in recipe["members"])
     note = ""
     if user == PLACEHOLDER_USER:
@@ -221,15 +210,17 @@ the checkpoints. Upload: `kaggle datasets create -p <this folder>`.{note}
 In a notebook with this dataset and the competition attached (internet off), run
 `inference.ipynb`, or:
 
-    pip install --no-index --find-links /kaggle/input/{slug}/wheels {PROJECT}
+    pip install --no-index --find-links /kaggle/input/{slug}/wheels "{spec}"
     python /kaggle/input/{slug}/infer.py        # --data-dir /kaggle/input/csiro-biomass --work-dir /kaggle/working
 
 Members (weighted sum of their grams, then the post-processing of `recipe.json`):
 
 {members}
 
-`wheels/` holds this project and the dependencies a stock Kaggle image lacks or has too old
-(`requirements-kaggle.txt`); torch, numpy, pandas, albumentations and the rest come from the image.
+`wheels/` holds this project and every dependency a Kaggle image may lack, for CPython
+{", ".join(wheelhouse.PYTHONS)}; torch, torchvision, numpy, pandas, pillow, scikit-learn and OpenCV come
+from the image. pip keeps what the image has; it replaces a package only when the image's is older
+than the code needs: {"; ".join(wheelhouse.floors())}.
 Licences: the code is MIT; each wheel keeps its own; model weights follow their backbones' licences.
 """
 
@@ -244,7 +235,7 @@ def build(results: str | Path, out: str | Path, wheels_dir: str | Path | None = 
     if not recipe_path.exists():
         raise UserError(f"{recipe_path} not found; run the pipeline's final rule first "
                         f"(snakemake {results}/submission.csv)")
-    deps = dependency_wheels(wheels_dir, kaggle_requirements())  # before any copying
+    deps = wheelhouse.wheels_for(wheels_dir, wheelhouse.carried())  # before any copying
     user = user or os.environ.get("KAGGLE_USERNAME") or PLACEHOLDER_USER
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
@@ -255,11 +246,12 @@ def build(results: str | Path, out: str | Path, wheels_dir: str | Path | None = 
         project = build_project_wheel(tmp / "wheels")
         for whl in deps:
             shutil.copy2(whl, tmp / "wheels" / whl.name)
+        spec = install_spec(tmp)
         write_text(tmp / "infer.py", INFER)
-        write_text(tmp / "inference.ipynb", json.dumps(notebook(slug), indent=1) + "\n")
+        write_text(tmp / "inference.ipynb", json.dumps(notebook(slug, spec), indent=1) + "\n")
         write_json(tmp / "dataset-metadata.json", {"title": title, "id": f"{user}/{slug}",
                                                    "licenses": [{"name": license_name}]})  # fmt: skip
-        write_text(tmp / "README.md", readme(recipe, user, slug))
+        write_text(tmp / "README.md", readme(recipe, user, slug, spec))
         os.chmod(tmp, 0o755)  # mkdtemp makes 0700
         old = out.with_name(f".{out.name}.old")
         if out.exists():
@@ -270,6 +262,7 @@ def build(results: str | Path, out: str | Path, wheels_dir: str | Path | None = 
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file()) / 2**20
-    print(f"wrote {out}: {len(recipe['members'])} member(s), {project.name} + {len(deps)} dependency wheels, "
-          f"{size:.1f} MB")
+    print(f"wrote {out}: {len(recipe['members'])} member(s), {project.name} + {len(deps)} dependency wheels "
+          f"(CPython {', '.join(wheelhouse.PYTHONS)}), {size:.1f} MB; the notebook installs {spec}: pip adds what the "
+          f"image lacks and replaces only a package older than the code needs ({'; '.join(wheelhouse.floors())})")
     return out

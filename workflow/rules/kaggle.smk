@@ -8,7 +8,7 @@ rule kaggle_package:
         recipe=f"{RESULTS}/final/recipe.json",
         sub=f"{RESULTS}/submission.csv",
         folds=[fold_done(m, k) for m in MODELS for k in FOLDS],
-        reqs=os.path.relpath(REPO / "requirements-kaggle.txt"),
+        reqs=os.path.relpath(REPO / "pyproject.toml"),  # the requirements, whose wheels it carries
         code=code_of("src.kaggle_package"),
     output:
         directory(f"{RESULTS}/kaggle"),
