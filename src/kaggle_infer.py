@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from .core.cli import add_device
 from .core.errors import Parser, cli_main
 from .packaging.kaggle_infer import KAGGLE_DATA, KAGGLE_WORK, run
 
@@ -22,8 +23,7 @@ def build_parser(package_dir: Path) -> argparse.ArgumentParser:
                    "(default: the folder holding infer.py)")  # fmt: skip
     p.add_argument("--work-dir", default=KAGGLE_WORK, help=f"writable scratch folder (default: {KAGGLE_WORK})")
     p.add_argument("--out", help="submission file (default: <work-dir>/submission.csv)")
-    p.add_argument("--device", choices=("auto", "cuda", "mps", "cpu"), default="auto",
-                   help="auto (cuda > mps > cpu), cuda, mps or cpu (default: auto)")  # fmt: skip
+    add_device(p)
     return p
 
 

@@ -12,13 +12,10 @@ Your own quadrat photos -> a table in grams per quadrat and kg dry matter per he
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from .core.cli import parser
+from .core.cli import add_device, parser
 from .core.errors import UserError, cli_main
-from .inference.outputs import photos_table, split_predictions
-from .inference.predictor import load_fold_models, open_photos
-from .training.distributed import pick_device
+from .inference.outputs import predict
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,8 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "default), with a warning")
     p.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default: 8)")
     p.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes (default: 0)")
-    p.add_argument("--device", choices=("auto", "cuda", "mps", "cpu"), default="auto",
-                   help="auto (cuda > mps > cpu), cuda, mps or cpu (default: auto)")
+    add_device(p)
     return p
 
 
@@ -66,20 +62,9 @@ def _check_args(args: argparse.Namespace) -> None:
 def main(argv=None) -> None:
     args = build_parser().parse_args(argv)
     _check_args(args)
-    photos = open_photos(args.images) if args.images else None
-    device = pick_device(args.device)
-    models = load_fold_models(args.model_dir, device, allow_mixed=args.allow_mixed_folds)
-    kw = dict(tta=args.tta, tta_scales=args.tta_scales, batch_size=args.batch_size, device=device,
-              num_workers=args.num_workers)  # fmt: skip
-    scales = f", scales {' '.join(f'{s:g}' for s in args.tta_scales)}" if args.tta_scales != [1.0] else ""
-    print(f"{len(models)} fold model(s) {[k for k, _, _ in models]} on {device}, TTA {'on' if args.tta else 'off'}{scales}",
-          flush=True)  # fmt: skip
-    if photos is not None:
-        photos_table(models, photos, args.out, **kw)
-    else:
-        split_predictions(models, args.data_dir, args.split, Path(args.out_dir or args.model_dir), args.per_fold,
-                          args.depth_cache_dir, **kw)
-
+    predict(args.model_dir, args.images, args.data_dir, args.split, args.out_dir, args.out, args.per_fold,
+            args.depth_cache_dir, args.allow_mixed_folds, args.device, tta=args.tta, tta_scales=args.tta_scales,
+            batch_size=args.batch_size, num_workers=args.num_workers)
 
 if __name__ == "__main__":
     main()

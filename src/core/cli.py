@@ -35,3 +35,9 @@ def results_args(argv, name: str, doc: str, default_out: str) -> tuple[Path, lis
     ap.add_argument("--out-dir", help=f"where to write (default <results>/{default_out})")
     args = ap.parse_args(argv)
     return Path(args.results_dir), args.models, Path(args.out_dir or Path(args.results_dir) / default_out)
+
+
+def add_device(p: argparse.ArgumentParser) -> None:
+    """--device of the inference CLIs (the trainer's is its config field)."""
+    p.add_argument("--device", choices=("auto", "cuda", "mps", "cpu"), default="auto",
+                   help="auto (cuda > mps > cpu), cuda, mps or cpu (default: auto)")  # fmt: skip

@@ -8,7 +8,8 @@ from pathlib import Path
 import pandas as pd
 
 from ..core.io_utils import write_csv, write_parquet
-from .predictor import predict_photos, predict_split, submission
+from ..training.distributed import pick_device
+from .predictor import load_fold_models, open_photos, predict_photos, predict_split, submission
 
 
 def photos_table(models: list, photos: list[Path], out: str | None, **kw) -> pd.DataFrame:
@@ -42,3 +43,20 @@ def split_predictions(models: list, data_dir: str, split: str, out_dir: Path, pe
         sub_path = out_dir / "submission.csv"
         write_csv(sub_path, sub)
         print(f"wrote {sub_path} ({len(sub)} rows)")
+
+
+def predict(model_dir: str, images: list[str] | None, data_dir: str | None, split: str, out_dir: str | None,
+            out: str | None, per_fold: bool, depth_cache_dir: str | None, allow_mixed: bool, device: str,
+            tta: bool, tta_scales: list[float], **kw) -> None:
+    """``python -m src.predict``: the fold models of ``model_dir`` on photos (a table) or a split (files)."""
+    photos = open_photos(images) if images else None  # before the models load: a bad photo fails fast
+    device = pick_device(device)
+    models = load_fold_models(model_dir, device, allow_mixed=allow_mixed)
+    scales = f", scales {' '.join(f'{s:g}' for s in tta_scales)}" if tta_scales != [1.0] else ""
+    print(f"{len(models)} fold model(s) {[k for k, _, _ in models]} on {device}, TTA {'on' if tta else 'off'}{scales}",
+          flush=True)  # fmt: skip
+    kw.update(tta=tta, tta_scales=tta_scales, device=device)
+    if photos is not None:
+        photos_table(models, photos, out, **kw)
+    else:
+        split_predictions(models, data_dir, split, Path(out_dir or model_dir), per_fold, depth_cache_dir, **kw)
