@@ -2,7 +2,8 @@
 a push to a local remote, a second clone that pulls and has nothing to redo, a `dvc exp run -S`
 variant that retrains only the model whose param changed, and `dvc exp show` with both runs.
 
-Slow (about 6 minutes on 2 cores: the demo trains 2 models x 5 folds, the variant 5 more folds):
+Slow (about 6 minutes on 2 cores before the demo pre-trained its backbone, a few minutes more since:
+the demo pre-trains the backbone and trains 2 models x 5 folds, the variant 5 more folds):
 `make test-slow`. The lines run in one shell, as a user would type them; between them the test
 only prints markers so it can read each command's output.
 """

@@ -144,6 +144,58 @@ def test_the_rounds_after_round_1_are_jobs_with_their_own_inputs(repo):
     assert "results/test/round2/OFF.txt" in plain.stdout and "train_round2" not in plain.stdout
 
 
+TRAINER_RULES = ("train", "train_round2", "refit", "refit_check", "refit_round2")
+
+
+def test_the_demo_trains_on_the_backbone_its_run_pretrains_and_the_test_config_does_not(repo):
+    """config/demo.yaml names results/demo/pretrained/tiny.safetensors, which no check refuses before
+    it exists: the pretrain_backbone job makes it, and every trainer job has it as an input (made
+    first, retrained when it changes) and loads it. config/test.yaml (none) pre-trains nothing."""
+    out = _snake("--configfile", "config/demo.yaml", "-n", "-p", cwd=repo)
+    jobs = (out.stdout + out.stderr).split("\n\n")
+    weights = "results/demo/pretrained/tiny.safetensors"
+    pretrain = [j for j in jobs if "rule pretrain_backbone:" in j]
+    assert len(pretrain) == 1, jobs[-3:]
+    assert f"output: {weights}" in pretrain[0] and "data/demo/train.csv" in pretrain[0]
+    assert "--photos 1200 --seed 1000 --epochs 60" in pretrain[0] and "--exclude data/demo" in pretrain[0]
+    assert '--photo-root "$photos"' in pretrain[0]  # a temporary folder: no photos in data/ or results/
+    for rule in TRAINER_RULES:
+        found = [j for j in jobs if f"rule {rule}:" in j]
+        assert found, rule
+        for job in found:
+            assert weights in job.split("input:", 1)[1].split("output:", 1)[0], job
+            assert f" --backbone-weights {weights} " in job, job
+    assert "pretrained/OFF.txt" not in out.stdout + out.stderr
+    plain = _snake("--configfile", "config/test.yaml", "-n", "-p", cwd=repo)
+    text = plain.stdout + plain.stderr
+    assert "rule pretrain_backbone:" not in text and "src.pretrain_backbone" not in text
+    assert "results/test/pretrained/OFF.txt" in text  # the DVC output exists either way
+    assert " --backbone-weights none " in text
+
+
+def test_the_pretrain_rule_writes_weights_the_trainer_loads_and_leaves_no_photos(repo):
+    """The rule's command, shrunk: a timm-format tiny backbone, its photos gone with their temporary folder."""
+    cfg = yaml.safe_load((repo / "config/test.yaml").read_text())
+    weights = "results/test/pretrained/tiny.safetensors"
+    cfg["trainer_overrides"]["backbone_weights"] = weights
+    cfg["pretrain"] = {"photos": 4, "epochs": 1, "seed": 7, "image_size": 32}
+    (repo / "config/pre.yaml").write_text(yaml.safe_dump(cfg))
+    _snake("--configfile", "config/pre.yaml", "--cores", "1", weights, cwd=repo)
+    from src.models.backbone import create_backbone
+
+    create_backbone("tiny", weights=str(repo / weights))  # strict: every key of the architecture
+    log = (repo / "results/test/logs/pretrain_backbone.log").read_text()
+    assert "wrote results/test/pretrained/tiny.safetensors" in log, log[-2000:]
+    assert (repo / "results/test/benchmarks/pretrain_backbone.tsv").exists()
+    assert not list(repo.rglob("synth_seed7_*")) and len(list(repo.rglob("*.jpg"))) == 36 + 6  # the test data's only
+    dry = _snake("--configfile", "config/pre.yaml", "-n", weights, cwd=repo)
+    assert "Nothing to be done" in dry.stdout + dry.stderr
+    cfg["pretrain"]["epochs"] = 2  # a setting is a recorded param: the weights are remade
+    (repo / "config/pre.yaml").write_text(yaml.safe_dump(cfg))
+    dry = _snake("--configfile", "config/pre.yaml", "-n", weights, cwd=repo)
+    assert "rule pretrain_backbone:" in dry.stdout + dry.stderr
+
+
 def test_a_slurm_run_stops_before_submitting_a_job_no_node_can_hold(repo, tmp_path):
     """A real (not dry) run through profiles/slurm, with sinfo reporting one 2-CPU node without GPUs."""
     bin_dir = tmp_path / "bin"
@@ -173,6 +225,10 @@ def test_a_slurm_run_stops_before_submitting_a_job_no_node_can_hold(repo, tmp_pa
     ({"trainer_overrides": {"use_depth": "no"}}, "config/bad.yaml: trainer_overrides: use_depth = 'no' (str) must be true or false"),
     ({"no_such_key": 1}, "config error in config/bad.yaml: Additional properties are not allowed ('no_such_key' was unexpected)"),
     ({"trainer_overrides": {"batch_size": "eight"}}, "batch_size = 'eight' (str) must be an integer"),
+    ({"trainer_overrides": {"backbone_size": "small", "backbone_weights": "results/test/pretrained/tiny.safetensors"}},
+     "is the pretrain_backbone rule's tiny backbone; backbone_size is small"),
+    ({"trainer_overrides": {"backbone_weights": "results/test/elsewhere.safetensors"}}, "file not found"),
+    ({"pretrain": {"image_size": 40}}, "40 is not a multiple of 16 On instance['pretrain']['image_size']"),
 ])  # fmt: skip
 def test_wrong_config_stops_before_any_job(repo, edit, words):
     cfg = yaml.safe_load((repo / "config/test.yaml").read_text())

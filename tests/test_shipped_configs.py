@@ -9,7 +9,8 @@ local stand-ins of the real weights that go through the real loading paths:
 
 The backbones are the configured architectures at full size with random weights; the Depth
 Anything stand-ins have the real model class and files at tiny widths. Photos, image size and
-epochs are shrunk through ``--config`` (merged into the config file, which is otherwise the shipped one).
+epochs (the demos' pre-training's too) are shrunk through a second ``--configfile`` merged over the
+shipped one, which is otherwise as shipped.
 """
 
 from __future__ import annotations
@@ -32,7 +33,9 @@ REPO = Path(__file__).resolve().parents[1]
 BIN = str(Path(sys.executable).parent)
 # Shrunk sizes only, as a second config file merged over the shipped one (Snakemake reads
 # --config's values as strings): every other setting is the shipped file's own.
-SMALL = {"trainer_overrides": {"image_size": 32, "batch_size": 8, "freeze_epochs": 1, "stage2_epochs": 1}}
+# The demos' pre-trained backbone too: a few photos, one epoch, the shrunk image size.
+SMALL = {"trainer_overrides": {"image_size": 32, "batch_size": 8, "freeze_epochs": 1, "stage2_epochs": 1},
+         "pretrain": {"photos": 8, "epochs": 1, "image_size": 32}}  # fmt: skip
 
 
 def _overlay(path: Path, **extra) -> str:
@@ -188,8 +191,15 @@ def test_demo_configs_train_the_first_fold_of_every_model(configfile, tmp_path):
     repo = copy_project(tmp_path / "repo")
     cfg = yaml.safe_load((repo / configfile).read_text())
     results = tmp_path / "results"
+    pretrained = f"{results}/pretrained/tiny.safetensors"  # the shipped file's, moved with results_dir
+    assert cfg["trainer_overrides"]["backbone_weights"] == f"{cfg['results_dir']}/pretrained/tiny.safetensors"
     over = _overlay(tmp_path / "small.yaml", results_dir=str(results), data_dir=str(tmp_path / "data"),
-                    demo_data={**cfg["demo_data"], "n_train": 40, "n_test": 4, "width": 256, "height": 128})  # fmt: skip
+                    demo_data={**cfg["demo_data"], "n_train": 40, "n_test": 4, "width": 256, "height": 128},
+                    trainer_overrides={"backbone_weights": pretrained})  # fmt: skip
     targets = [f"{results}/models/{m}/fold0/metrics.json" for m in cfg["models"]]
     _snake(repo, *targets, "--configfile", configfile, over, "--cores", "2")
     assert all(Path(t).exists() for t in targets)
+    # every model trained on the backbone the run pre-trained (made first: an input of each train job)
+    assert Path(pretrained).exists() and (results / "benchmarks/pretrain_backbone.tsv").exists()
+    for m in cfg["models"]:
+        assert yaml.safe_load((results / f"models/{m}/fold0/config.yaml").read_text())["backbone_weights"] == pretrained

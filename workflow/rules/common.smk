@@ -51,6 +51,8 @@ REFIT = config["refit"]["use"]  # full-data refits for the test predictions
 # ... only for the models whose refit check (per fold, scored on its validation images) beats their fold models
 REFIT_EVIDENCE = REFIT and config["refit"]["evidence"]
 ROUND2 = f"{RESULTS}/round2"
+# The demo's pre-trained tiny backbone (rules/pretrain.smk): made when a model's backbone_weights names it.
+PRETRAINED = f"{RESULTS}/pretrained/tiny.safetensors"
 
 # `dvc exp run --temp` and `--queue` run the stage in a copy under .dvc/tmp/exps/ that has DVC's outputs
 # (with checkout-time file times) but not Snakemake's records: Snakemake would retrain everything.
@@ -68,7 +70,7 @@ wildcard_constraints:
     # a cache folder: size, then how its photos were prepared (src.data.photo_prep.PhotoPrep.tag)
     res=r"\d+(_pad)?(_nostamp)?(_crop[0-9.]+)?",
     size=r"(small|base)(_nostamp)?(_crop[0-9.]+)?",
-    step="round2|refit|refit_check",
+    step="round2|refit|refit_check|pretrained",
 
 
 def _fail(msg):
@@ -108,6 +110,11 @@ def pipeline_values(model):
     return values
 
 
+def made_by_run(weights):
+    """Whether backbone_weights names the file the pretrain_backbone rule makes (compared as paths)."""
+    return weights not in ("hub", "none") and os.path.abspath(weights) == os.path.abspath(PRETRAINED)
+
+
 def trainer_values(model):
     """The model's YAML, overridden by the pipeline (the command line does the same at run time)."""
     return {**load_yaml(model_yaml(model)), **pipeline_values(model)}
@@ -139,7 +146,14 @@ for _m in MODELS:
 # copy when HF_HUB_OFFLINE=1): a missing one stops the run here, not in its first job.
 _problems = {}
 for _m, _c in TRAINER.items():
-    _found = [backbone_problem(_c.backbone_size, _c.backbone_weights, offline())]
+    if not made_by_run(_c.backbone_weights):
+        _found = [backbone_problem(_c.backbone_size, _c.backbone_weights, offline())]
+    elif _c.backbone_size != "tiny":  # a product of the run, as the tiny depth model: not there yet
+        _found = [
+            f"backbone_weights {PRETRAINED} is the pretrain_backbone rule's tiny backbone; backbone_size is {_c.backbone_size}"
+        ]
+    else:
+        _found = []
     if _c.use_depth and config["depth"]["model"] != "tiny":  # the tiny model is a product of the run
         _found.append(depth_problem(_c.depth_model, offline()))
     for _p in filter(None, _found):
@@ -150,6 +164,15 @@ if _problems:
 
 def uses_depth(model):
     return TRAINER[model].use_depth
+
+
+def pretrained_weights(model):
+    """The pre-trained backbone file as an input of the model's training jobs when its backbone_weights
+    names it: Snakemake makes it first, and a remade file retrains the model."""
+    return [PRETRAINED] if made_by_run(TRAINER[model].backbone_weights) else []
+
+
+USES_PRETRAINED = any(pretrained_weights(m) for m in MODELS)
 
 
 def depth_caches(model, split):
@@ -244,4 +267,5 @@ def all_targets():
     out += [] if PSEUDO else [f"{RESULTS}/round2/OFF.txt"]
     out += [] if REFIT else [f"{RESULTS}/refit/OFF.txt"]
     out += [] if REFIT_EVIDENCE else [f"{RESULTS}/refit_check/OFF.txt"]
+    out += [] if USES_PRETRAINED else [f"{RESULTS}/pretrained/OFF.txt"]  # a DVC output either way
     return out

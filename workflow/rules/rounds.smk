@@ -64,6 +64,7 @@ use rule train as train_round2 with:
     input:
         folds=FOLD_CSV,
         model_cfg=lambda wc: model_yaml(wc.model),
+        backbone=lambda wc: pretrained_weights(wc.model),
         depth=lambda wc: depth_caches(wc.model, "train") + depth_caches(wc.model, "test"),
         images=lambda wc: image_cache(wc.model),
         pseudo=f"{ROUND2}/pseudo/fold{{fold}}.csv",
@@ -154,6 +155,7 @@ rule refit:
     input:
         folds=FOLD_CSV,
         model_cfg=lambda wc: model_yaml(wc.model),
+        backbone=lambda wc: pretrained_weights(wc.model),
         depth=lambda wc: depth_caches(wc.model, "train"),
         images=lambda wc: image_cache(wc.model),
         cv=lambda wc: [fold_done(wc.model, k) for k in FOLDS],  # their history.csv sets the epochs,
@@ -188,6 +190,7 @@ rule refit_check:
     input:
         folds=FOLD_CSV,
         model_cfg=lambda wc: model_yaml(wc.model),
+        backbone=lambda wc: pretrained_weights(wc.model),
         depth=lambda wc: depth_caches(wc.model, "train"),
         images=lambda wc: image_cache(wc.model),
         cv=lambda wc: [fold_done(wc.model, k) for k in FOLDS if k != int(wc.fold)],  # their history.csv sets the epochs,
@@ -249,6 +252,7 @@ use rule refit as refit_round2 with:
     input:
         folds=FOLD_CSV,
         model_cfg=lambda wc: model_yaml(wc.model),
+        backbone=lambda wc: pretrained_weights(wc.model),
         depth=lambda wc: depth_caches(wc.model, "train") + depth_caches(wc.model, "test"),
         images=lambda wc: image_cache(wc.model),
         cv=lambda wc: [f"{ROUND2}/models/{wc.model}/fold{k}/metrics.json" for k in FOLDS],
@@ -298,6 +302,7 @@ rule step_off:
             "round2": "pseudo: {enabled: true}",
             "refit": "refit: {use: true}",
             "refit_check": "refit: {use: true, evidence: true}",
+            "pretrained": f"trainer_overrides: {{backbone_size: tiny, backbone_weights: {PRETRAINED}}}",
         }[wc.step],
     shell:
         "echo 'off in this run; to run it, set {params.how} in the config' > {output:q} 2> {log:q}"

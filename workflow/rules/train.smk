@@ -7,6 +7,7 @@ rule train:
     input:
         folds=FOLD_CSV,
         model_cfg=lambda wc: model_yaml(wc.model),
+        backbone=lambda wc: pretrained_weights(wc.model),
         depth=lambda wc: depth_caches(wc.model, "train"),
         images=lambda wc: image_cache(wc.model),
         code=code_of("src.dinov3_train"),
