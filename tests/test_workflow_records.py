@@ -78,3 +78,23 @@ def test_a_copy_of_a_local_rule_is_local_too():
     assert len(local) >= 10 and len(copies) >= 5, (local, copies)
     wrong = [f"{copy} (a copy of {base})" for base, copy in copies if (base in local) != (copy in local)]
     assert not wrong, f"local and queued differ between a rule and its copy: {wrong}"
+
+
+def test_a_second_run_after_the_run_made_its_data_has_nothing_to_do(tmp_path):
+    """The demo and test configs make their data in a job: the photos only become inputs once it
+    exists, and a run after the first must still find nothing to do (it replanned every job that
+    reads photos: their input set had changed)."""
+    repo = copy_project(tmp_path / "repo")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "NO_ALBUMENTATIONS_UPDATE": "1", "OMP_NUM_THREADS": "1"}
+    target = "results/test/cache/images/32/train.npy"  # config/test.yaml: image_size 32
+
+    def snake(*args):
+        p = subprocess.run([sys.executable, "-m", "snakemake", "--configfile", "config/test.yaml", *args, target],
+                           cwd=repo, capture_output=True, text=True, env=env, timeout=600)  # fmt: skip
+        assert p.returncode == 0, (p.stdout + p.stderr)[-3000:]
+        return p.stdout + p.stderr
+
+    first = snake("--cores", "1")
+    assert "image_cache" in first and (repo / target).exists()
+    again = snake("-n")
+    assert "Nothing to be done" in again, again[-3000:]

@@ -197,12 +197,18 @@ def prep_flags(folder):
     return PhotoPrep.from_tag(folder).flags()
 
 
-@functools.cache
 def photos(split):
     """The photos of a split (its CSV's image paths) as inputs of the rules that read them, so a
-    replaced photo reruns exactly those; none while the CSV does not exist yet (the demo makes its
-    data in a job) or cannot be read (the job that reads it then says why). The caches also record
-    the photos' hashes and refuse to serve changed ones, whatever their file times."""
+    replaced photo reruns exactly those. A run that makes its data (demo_data) names them once that
+    checkpoint has run; none when the CSV cannot be read (the job that reads it then says why). The
+    caches also record the photos' hashes and refuse to serve changed ones, whatever their file times."""
+    if "demo_data" in config:
+        checkpoints.demo_data.get()  # until it has run: Snakemake comes back here afterwards
+    return _photos(split)
+
+
+@functools.cache
+def _photos(split):
     try:
         paths = pd.read_csv(Path(DATA, f"{split}.csv"), usecols=["image_path"])["image_path"]
     except (OSError, ValueError):

@@ -2,7 +2,10 @@
 
 if "demo_data" in config:
 
-    rule demo_data:
+    # A checkpoint: the photos it makes are the inputs of the rules that read them (common.smk's
+    # photos()), known only once it has run; Snakemake then re-evaluates those inputs, so the first
+    # run records the same input set as every later one.
+    checkpoint demo_data:
         input:
             code=code_of("src.synth"),
         output:
