@@ -262,3 +262,18 @@ def test_infer_finds_the_competition_data_under_kaggle_input(tmp_path):
         (inputs / "copy" / name).write_text("")
     with pytest.raises(UserError, match="2 folders"):
         find_data_dir(KAGGLE_DATA, inputs)
+
+
+def test_the_notebook_installs_peft_only_for_a_recipe_with_a_lora_member(tmp_path):
+    from src.packaging.kaggle_package import install_spec, notebook
+
+    fold = tmp_path / "models/M1/fold0"
+    fold.mkdir(parents=True)
+    (fold / "config.yaml").write_text("lora_rank: 0\n")
+    assert install_spec(tmp_path) == PROJECT
+    (tmp_path / "models/M2/fold0").mkdir(parents=True)
+    (tmp_path / "models/M2/fold0/config.yaml").write_text("lora_rank: 8\n")
+    spec = install_spec(tmp_path)
+    assert spec == f"{PROJECT}[lora]"
+    code = "".join("".join(c["source"]) for c in notebook("slug", spec)["cells"] if c["cell_type"] == "code")
+    assert f'"{PROJECT}[lora]"' in code
