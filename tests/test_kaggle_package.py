@@ -183,6 +183,12 @@ def test_the_package_reproduces_the_pipeline_submission_in_a_kaggle_image_stand_
     if image == "older":
         version = _run([py, "-c", "import transformers; print(transformers.__version__)"], tmp_path).stdout.strip()
         assert version == OLD_TRANSFORMERS["transformers"]  # the image's own, used for the depth model
+        # ... with the image processor the pipeline's backend names (torchvision: the fast one), not 4.x's
+        # default (PIL), whose resizing differs
+        depth = next((package / "depth").iterdir())
+        probe = ("import torch; from pasture_biomass.models.depth_anything import load; "
+                 f"print(type(load({str(depth)!r}, 'torchvision', torch.device('cpu'))[0]).__name__)")
+        assert _run([py, "-c", probe], tmp_path, env=_offline_env()).stdout.strip() == "DPTImageProcessorFast"
         return
 
     # The recipe decides: another member weight gives another submission.
