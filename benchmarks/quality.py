@@ -5,8 +5,9 @@
 
 OOF weighted R^2 over 5 grouped folds (the demo's fold recipe), mean over seeds, on the demo
 data (``config/demo.yaml``: 120 photos of 1000x500, seed 0) and on a second demo set made with
-another seed and photo size (seed 1, 1200x600). Same tiny random DINOv3-shaped backbone (the
-same initial weights per seed and fold), 64 px halves, batch 8, epochs and LR within each pair:
+another seed and photo size (seed 1, 1200x600). Same tiny DINOv3-shaped backbone in every method:
+the demo's, pre-trained label-free (``--weights``, made as the pipeline makes it when absent;
+``--weights none``: random, the same initial weights per seed and fold), 64 px halves, batch 8, epochs and LR within each pair:
 
 (a) probe     one linear layer on the mean-pooled patch tokens of both halves, frozen backbone,
               MSE on standardised targets, AdamW at constant LR, no augmentation
@@ -34,6 +35,7 @@ import argparse
 import contextlib
 import io
 import json
+import multiprocessing
 import os
 import tempfile
 from concurrent.futures import ProcessPoolExecutor
@@ -78,7 +80,7 @@ def _trainer(paths: dict, method: str, seed: int, epochs: int, out: Path, overri
     from src.training.run import run
 
     common = dict(data_dir=paths["data_dir"], fold_csv=paths["fold_csv"], image_cache_dir=paths["image_cache_dir"],
-                  output_dir=str(out), backbone_size="tiny", backbone_weights="none", image_size=SIZE, batch_size=BATCH,
+                  output_dir=str(out), backbone_size="tiny", backbone_weights=paths.get("weights", "none"), image_size=SIZE, batch_size=BATCH,
                   num_workers=0, device="cpu", seed=seed)  # fmt: skip
     if method == "c_trainer_frozen":
         cfg = dict(two_stage=False, freeze_backbone=True, epochs=epochs, lr=LR, use_depth=False)
@@ -139,7 +141,7 @@ def _minimal(paths: dict, finetune: bool, seed: int, epochs: int, augment: bool 
     oof = np.zeros(tuple(y.shape))
     for fold in range(5):
         torch.manual_seed(seed + fold)  # the trainer's seed for this fold: the same initial backbone
-        backbone = create_backbone("tiny", "none", SIZE)
+        backbone = create_backbone("tiny", paths.get("weights", "none"), SIZE)
         head = torch.nn.Linear(2 * backbone.num_features, len(TARGETS))
         prefix = backbone.num_prefix_tokens
 
@@ -181,6 +183,7 @@ def _cell(args) -> tuple:
     """One (data set, seed, epochs, method) run in its own process, quiet."""
     paths, name, method, seed, epochs, threads, overrides = args
     os.environ["TQDM_DISABLE"] = "1"
+    os.environ["OMP_NUM_THREADS"] = str(threads)  # the trainer caps its threads (--cpus 0) by it: no oversubscription
     import torch
 
     torch.set_num_threads(threads)
@@ -226,24 +229,30 @@ def main(argv=None) -> dict:
     ap.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
                     help="trainer settings for (c)-(e), YAML values (to find out why a pair differs)")
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="runs in parallel (one thread each)")
+    ap.add_argument("--weights", default=str(REPO / "results" / "demo" / "pretrained" / "tiny.safetensors"),
+                    help="the tiny backbone's weights (made when absent), or none for random ones")
     args = ap.parse_args(argv)
     import yaml
+
+    from benchmarks.defaults import ensure_weights
+
+    weights = "none" if args.weights == "none" else str(ensure_weights(Path(args.weights)).resolve())
     from tqdm import tqdm
 
     overrides = {k: yaml.safe_load(v) for k, v in (kv.split("=", 1) for kv in args.set)}
 
     with tempfile.TemporaryDirectory() as tmp:
-        paths = {name: prepare(Path(tmp), name) for name in args.data}
+        paths = {name: {**prepare(Path(tmp), name), "weights": weights} for name in args.data}
         cells = [(paths[n], n, m, s, e, max(1, (os.cpu_count() or 1) // args.jobs), overrides)
                  for n in args.data for e in args.epochs for s in range(args.seeds) for m in args.methods]  # fmt: skip
         cells.sort(key=lambda c: -c[4])  # long runs first
-        with ProcessPoolExecutor(args.jobs) as pool:
+        with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
             results = list(tqdm(pool.map(_cell, cells), total=len(cells), desc="quality runs"))
     text, out = table(results, args.epochs)
     print(text)
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "quality.json").write_text(json.dumps({**out, "settings": {"image_size": SIZE, "batch": BATCH, "lr": LR,
-                                      "seeds": args.seeds, "epochs": args.epochs, "trainer_set": overrides}}, indent=2) + "\n")  # fmt: skip
+                                      "seeds": args.seeds, "epochs": args.epochs, "trainer_set": overrides, "weights": args.weights}}, indent=2) + "\n")  # fmt: skip
     return out
 
 

@@ -61,3 +61,20 @@ def test_the_evidence_the_readme_cites_is_kept_by_git():
     for evidence in ("flag_mutation.md", "standalone.json", "quality.json", "slurm_acceptance.md", "lora_memory.md"):
         assert not ignored(f"benchmarks/results/{evidence}"), evidence
     assert ignored("benchmarks/results/flag_mutation_subset.md")
+
+
+def test_each_decision_of_the_defaults_benchmark_is_one_valid_change():
+    """benchmarks/defaults.py: every variant is a config the trainer takes, and differs from its
+    decision's current default (the first label) in that decision's settings only."""
+    from benchmarks import defaults
+    from src.core.config import from_dict, validate
+
+    for decision, (_recipe, variants) in defaults.DECISIONS.items():
+        base_label, *others = variants
+        base = defaults.settings_of(decision, base_label)
+        validate(from_dict(base), decision)
+        for label in others:
+            changed = defaults.settings_of(decision, label)
+            validate(from_dict(changed), f"{decision}: {label}")
+            diff = {k for k in {*base, *changed} if base.get(k) != changed.get(k)}
+            assert diff and diff <= set(variants[label]), (decision, label, diff)

@@ -39,6 +39,7 @@ DEPTH_HUB_IDS = {
 }
 DEPTH_SIZES = tuple(DEPTH_HUB_IDS)
 CV_STRATEGIES = ("group_location", "group_date", "stratified", "kfold")
+LORA_LR_MULT = 1.0  # --lora-lr 0: the adapters' peak LR is this x --backbone-lr
 
 
 def opt(default, help: str, group: str, *, no_flag: str | None = None, choices=None, nargs=None, type=None):
@@ -73,6 +74,8 @@ class TrainConfig:
                          "--lora-blocks blocks; the backbone's own weights then never train (0 = off: full finetuning)",
                          "model")
     lora_blocks: int = opt(4, "how many of the backbone's last blocks get LoRA adapters (with --lora-rank)", "model")
+    lora_lr: float = opt(0.0, "peak learning rate of the LoRA adapters (Stage 2, or --no-two-stage); 0: "
+                         f"{LORA_LR_MULT:g} x --backbone-lr", "model")
     feature_layers: list = opt([], "tokens from these backbone blocks, averaged (each through the final norm; "
                                "negative counts from the end: -1 -4 -8); empty: the last block's", "model", nargs="+",
                                type=int)
@@ -84,6 +87,8 @@ class TrainConfig:
     train_dead: bool = opt(False, "predict Dead directly, Total = GDM + Dead (else Total directly, Dead = Total - GDM; "
                            "the loss sees it unclipped, so it trains the Total head)", "heads")
     train_clover: bool = opt(True, "predict Clover directly (else GDM directly, Clover = GDM - Green)", "heads")
+    density_tokens: str = opt("patch", "what the density head scores: patch (each patch token) or cls_patch (each "
+                              "patch token joined with its half's CLS token)", "heads", choices=("patch", "cls_patch"))
     use_ratio_head: bool = opt(False, "predict Total, and Green, Dead and Clover as softmax shares of it (GDM = Green + "
                                "Clover): every mass non-negative and both relations exact by construction", "heads")
 
@@ -116,6 +121,11 @@ class TrainConfig:
     species_prior_strength: float = opt(0.2, "blend strength of the species prior", "aux")
     use_aos_hallucination: bool = opt(False, "lighting-invariant AOS NDVI predicted from RGB (needs --use-ndvi-head)", "aux")
     aos_weight: float = opt(0.3, "weight of the AOS loss", "aux")
+    aux_tokens: str = opt("cls_patch", "what the auxiliary heads read per half (then averaged over the halves): "
+                          "cls_patch ([CLS, mean patch token]), patch (the mean patch token) or cls", "aux",
+                          choices=("cls_patch", "patch", "cls"))
+    aux_cls_grad: bool = opt(True, "the auxiliary heads' loss trains the backbone through the CLS token too "
+                             "(--no-aux-cls-grad: the CLS they read is detached; the patch tokens still pass it)", "aux")
     use_presence_heads: bool = opt(False, "zero-vs-nonzero heads for Dead and Clover; Dead and Clover are gated by "
                                    "their presence probability in training and evaluation alike", "aux")
 
@@ -378,8 +388,8 @@ def validate(cfg: TrainConfig, source: str = "config") -> None:
         raise UserError(f"{source}: --crop-bottom {cfg.crop_bottom} must be within 0..0.5 (a fraction of the height)")
     if not cfg.mixup_alpha >= 0 or not 0 <= cfg.mixup_prob <= 1:
         raise UserError(f"{source}: --mixup-alpha must be >= 0 and --mixup-prob within 0..1")
-    if cfg.lora_rank < 0 or cfg.lora_blocks < 1:
-        raise UserError(f"{source}: --lora-rank must be >= 0 and --lora-blocks >= 1")
+    if cfg.lora_rank < 0 or cfg.lora_blocks < 1 or cfg.lora_lr < 0:
+        raise UserError(f"{source}: --lora-rank and --lora-lr must be >= 0 and --lora-blocks >= 1")
     if cfg.swa_top_k < 0:
         raise UserError(f"{source}: --swa-top-k {cfg.swa_top_k} must be >= 0")
     if not 0 < cfg.pseudo_weight <= 1:

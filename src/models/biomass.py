@@ -109,11 +109,12 @@ class BiomassModel(nn.Module):
         self.direct = direct_heads(cfg)
         self._direct_idx = [TARGETS.index(t) for t in self.direct]
         # --use-ratio-head: the density head gives Total alone, ``shares`` split it per half.
-        self.head = DensityHead(dim, 1 if cfg.use_ratio_head else len(self.direct))
+        self.head = DensityHead(dim * (2 if cfg.density_tokens == "cls_patch" else 1),
+                                1 if cfg.use_ratio_head else len(self.direct))
         self.shares = nn.Linear(2 * dim, 3) if cfg.use_ratio_head else None
         self.depth_features = DepthFeatures(dim) if cfg.use_depth else None
         self.depth_attention = DepthAttention() if cfg.use_depth and cfg.depth_attention else None
-        self.aux = build_aux_heads(cfg, 2 * dim, extras)
+        self.aux = build_aux_heads(cfg, dim * (2 if cfg.aux_tokens == "cls_patch" else 1), extras)
         self.state_scaling = StateScaling(len(extras["states"]), len(self.direct)) if cfg.use_state_scaling else None
         stats = stats or {}
         n_species = len(extras["species"])
@@ -169,8 +170,15 @@ class BiomassModel(nn.Module):
             if depth is None:
                 raise ValueError("this model was built with depth: the batch needs 'depth' features")
             patches = self.depth_features(patches, depth.flatten(0, 1))
-        half_feat = torch.cat([cls, patches.mean(1)], dim=-1)
-        return cls, patches, half_feat.view(b, 2, -1).mean(1)
+        return cls, patches, self.aux_feature(cls, patches, b)
+
+    def aux_feature(self, cls: torch.Tensor, patches: torch.Tensor, b: int) -> torch.Tensor:
+        """What the auxiliary heads read (--aux-tokens), per half, averaged over the two halves.
+        --no-aux-cls-grad detaches the CLS there, so their loss trains the backbone only through
+        the patch tokens the density head reads too."""
+        cls = cls if self.cfg.aux_cls_grad else cls.detach()
+        parts = {"cls_patch": (cls, patches.mean(1)), "patch": (patches.mean(1),), "cls": (cls,)}[self.cfg.aux_tokens]
+        return torch.cat(parts, dim=-1).view(b, 2, -1).mean(1)
 
     # --- forward ---------------------------------------------------------------------------------
     def forward(self, batch: dict) -> dict[str, torch.Tensor]:
@@ -182,7 +190,10 @@ class BiomassModel(nn.Module):
         cls, patches, feat = self.encode(batch.get("image"), batch.get("depth"), cached)
         out = {name: head(feat) for name, head in self.aux.items()}
 
-        density = self.head(patches)  # (B*2, N, k)
+        if self.cfg.density_tokens == "cls_patch":
+            density = self.head(torch.cat([patches, cls[:, None].expand(-1, patches.shape[1], -1)], -1))
+        else:
+            density = self.head(patches)  # (B*2, N, k)
         if self.depth_attention is not None:
             pooled = (density * self.depth_attention(batch["depth"].flatten(0, 1))[..., None]).sum(1)
         else:

@@ -22,11 +22,18 @@ import torch
 from timm.optim import param_groups_layer_decay
 from timm.scheduler import WSDLRScheduler
 
-from ..core.config import TrainConfig
+from ..core.config import LORA_LR_MULT, TrainConfig
 
 LR_FLOOR = 0.01  # of each group's peak, at the end of the stage
 DECAY_FRACTION = 0.2  # of the stage's updates after the warm-up; timm's default for WSD
 WARMUP_START = 0.01  # of each group's peak, for the first update of a stage
+
+
+def backbone_peak_lr(cfg: TrainConfig) -> float:
+    """The backbone groups' peak LR: --backbone-lr, or under LoRA (only adapters train) --lora-lr."""
+    if cfg.lora_rank:
+        return cfg.lora_lr or LORA_LR_MULT * cfg.backbone_lr
+    return cfg.backbone_lr
 
 
 def build_optimizer(model, cfg: TrainConfig, train_backbone: bool) -> torch.optim.Optimizer:
@@ -34,7 +41,7 @@ def build_optimizer(model, cfg: TrainConfig, train_backbone: bool) -> torch.opti
     groups = [{"params": head_params, "lr": cfg.lr, "lr_scale": 1.0, "weight_decay": cfg.weight_decay, "name": "heads"}]
     if train_backbone:
         for g in param_groups_layer_decay(model.backbone, weight_decay=cfg.weight_decay, layer_decay=cfg.lr_mult):
-            scale = g.get("lr_scale", 1.0) * cfg.backbone_lr / cfg.lr
+            scale = g.get("lr_scale", 1.0) * backbone_peak_lr(cfg) / cfg.lr
             groups.append({**g, "lr": cfg.lr * scale, "lr_scale": scale, "name": "backbone"})
     fused = all(p.is_cuda for g in groups for p in g["params"]) and torch.cuda.is_available()
     return torch.optim.AdamW(groups, lr=cfg.lr, fused=fused or None)
