@@ -40,7 +40,8 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "benchmarks" / "results"
 WEIGHTS = REPO / "results" / "demo" / "pretrained" / "tiny.safetensors"
-DATASETS = ("demo", "demo_seed1_1200x600")  # benchmarks.quality's two sets
+DATASETS = ("demo", "demo_seed1_1200x600")  # benchmarks.quality's two sets: they choose
+CHECK = "seed2_1000x500"  # a third set that chose nothing: the chosen defaults against the old ones
 
 # decision -> (recipe, {label: trainer settings}); the first label is the current default.
 DECISIONS = {
@@ -54,6 +55,12 @@ DECISIONS = {
                          "0.99 + warm-up": {"ema": True, "ema_decay": 0.99, "ema_warmup": True}}),
     "swa": ("baseline", {"off": {}, "last 3": {"swa_top_k": 3, "swa_select": "last"}}),
     "feature_layers": ("baseline", {"last": {}, "-2 -1": {"feature_layers": [-2, -1]}}),
+    # run on CHECK only (--decisions check --data seed2_1000x500): the old defaults spelt out
+    "check": ("baseline", {
+        "before #27 (patch, no EMA)": {"density_tokens": "patch", "ema": False},
+        "cls_patch": {"density_tokens": "cls_patch", "ema": False},
+        "EMA 0.99": {"density_tokens": "patch", "ema": True, "ema_decay": 0.99},
+        "cls_patch + EMA 0.99": {"density_tokens": "cls_patch", "ema": True, "ema_decay": 0.99}}),
 }
 # Shifts: (decision, variant label) against its decision's first label at the same seed.
 SHIFTS = (("lora_lr", "frozen (no LoRA)"), ("feature_layers", "-2 -1"), ("density_tokens", "cls_patch"))
@@ -78,9 +85,14 @@ def ensure_weights(path: Path) -> Path:
     return path
 
 
+# Each decision was measured from the defaults before #27, one change at a time; they are spelt out
+# so that a rerun measures the same thing after the defaults changed (cls_patch, EMA on).
+BEFORE_27 = {"density_tokens": "patch", "ema": False}
+
+
 def settings_of(decision: str, label: str) -> dict:
     model, variants = DECISIONS[decision]
-    return {**demo_settings(), **recipe(model), **variants[label]}
+    return {**demo_settings(), **BEFORE_27, **recipe(model), **variants[label]}
 
 
 def _cell(args) -> tuple:
@@ -127,12 +139,12 @@ def shifts(results: list[tuple]) -> dict:
     out = {}
     for decision, variant in SHIFTS:
         base = next(iter(DECISIONS[decision][1]))
-        for name in DATASETS:
+        for name in {n for n, *_ in preds}:
             pairs = [(preds[(name, decision, base, s)], preds[(name, decision, variant, s)])
                      for (n, d, lab, s) in preds if (n, d, lab) == (name, decision, base)
                      and (name, decision, variant, s) in preds]  # fmt: skip
-            noise = [preds[(name, decision, base, 0)], preds.get((name, decision, base, 1))]
-            if not pairs or noise[1] is None:
+            noise = [preds.get((name, decision, base, 0)), preds.get((name, decision, base, 1))]
+            if not pairs or noise[0] is None or noise[1] is None:
                 continue
             out[f"{decision}: {variant} vs {base} / {name}"] = {
                 "effect_g": float(np.mean([np.abs(a - b).mean() for a, b in pairs])),
@@ -140,13 +152,13 @@ def shifts(results: list[tuple]) -> dict:
     return out
 
 
-def table(summary: dict, shift: dict) -> str:
-    lines = ["| decision | value | " + " | ".join(f"{n} unbiased (sel)" for n in DATASETS) + " | mean |",
-             "|---|---|" + "--:|" * (len(DATASETS) + 1)]  # fmt: skip
+def table(summary: dict, shift: dict, sets: list[str]) -> str:
+    lines = ["| decision | value | " + " | ".join(f"{n} unbiased (sel)" for n in sets) + " | mean |",
+             "|---|---|" + "--:|" * (len(sets) + 1)]  # fmt: skip
     for decision, labels in summary.items():
         for label, by_set in labels.items():
             cells, means = [], []
-            for n in DATASETS:
+            for n in sets:
                 if n in by_set:
                     u, s = np.mean(by_set[n]["unbiased"]), np.mean(by_set[n]["selected"])
                     cells.append(f"{u:.4f} ± {np.std(by_set[n]['unbiased']):.4f} ({s:.4f})")
@@ -162,8 +174,8 @@ def table(summary: dict, shift: dict) -> str:
 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.defaults", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--decisions", nargs="+", choices=list(DECISIONS), default=list(DECISIONS))
-    ap.add_argument("--data", nargs="+", choices=DATASETS, default=list(DATASETS))
+    ap.add_argument("--decisions", nargs="+", choices=list(DECISIONS), default=[d for d in DECISIONS if d != "check"])
+    ap.add_argument("--data", nargs="+", choices=(*DATASETS, CHECK), default=list(DATASETS))
     ap.add_argument("--seeds", type=int, default=2, help="seeds per cell (mean over them; 2+ for the seed noise)")
     ap.add_argument("--weights", default=str(WEIGHTS), help="pre-trained tiny backbone (made here when absent)")
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="runs in parallel (one thread each)")
@@ -190,7 +202,7 @@ def main(argv=None) -> dict:
             done = {key[r[:4]]: r for r in tqdm(pool.map(_cell, cells), total=len(cells), desc="default runs")}
         results = [(*w, done[key[w]][4]) for w in wanted]
     summary, shift = summarise(results), shifts(results)
-    text = table(summary, shift)
+    text = table(summary, shift, args.data)
     print(text)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -59,6 +59,17 @@ def test_ema_follows_every_update_and_is_what_is_saved(demo_data, tmp_path, monk
     predicts_its_oof(fold.parent, demo_data)
 
 
+@guards("--no-ema")
+def test_no_ema_saves_the_raw_weights(demo_data, tmp_path):
+    """EMA is the default since #27 (benchmarks/defaults.py); --no-ema validates and saves the raw weights."""
+    def differs(fold):
+        best, last = load_file(str(fold / "best.safetensors")), load_file(str(fold / "last.safetensors"))
+        return any(not torch.equal(best[k], last[k]) for k in best)  # one epoch: best is the EMA's, last the raw
+
+    assert not differs(_run(demo_data, tmp_path / "raw", ema=False))
+    assert differs(_run(demo_data, tmp_path / "default"))
+
+
 @guards("--ema-decay", "--ema-warmup")
 def test_the_ema_decay_acts_in_a_short_run_unless_the_warm_up_caps_it(demo_data, tmp_path):
     """12 updates: timm's warm-up caps the decay at 1 - 12^(-2/3) = 0.81, below both 0.9 and 0.999."""

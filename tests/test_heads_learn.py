@@ -144,10 +144,11 @@ def test_warmup_rises_to_the_configured_lrs_then_decays_to_a_floor_of_each():
     assert frozen == pytest.approx(heads)
 
 
-def test_masses_come_from_the_patch_tokens_alone(fold):
-    """The density head reads patch tokens, not the CLS token: joined to every patch, the CLS token
-    cost the fine-tuned trainer 0.10 of OOF weighted R^2 (benchmarks/quality.py, 0.71 against 0.81)."""
-    _, model, _ = _model(fold)
+@pytest.mark.guards("--density-tokens")
+def test_with_density_tokens_patch_the_masses_come_from_the_patch_tokens_alone(fold):
+    """--density-tokens patch: the CLS token is no input of the density head (the default,
+    cls_patch, joins it to every patch: tests/test_token_choices.py)."""
+    _, model, _ = _model(fold, density_tokens="patch")
     with torch.no_grad():  # a head that has learnt something (start_at zeroes its input weights)
         torch.nn.init.normal_(model.head.mlp[-1].weight, std=0.3)
         torch.nn.init.normal_(model.head.linear.weight, std=0.3)

@@ -321,10 +321,10 @@ def test_pipeline_runs_and_round_trips_through_dvc(repo, tmp_path):
         _snake("-n", "--configfile", "config/roundtrip.yaml", cwd=repo).stderr
     # A model added later reuses the caches of the trained ones, which stay done (temp caches, rebuilt
     # for it, made every trained model look stale).
-    (repo / "config/more.yaml").write_text(yaml.safe_dump({**cfg, "models": [*cfg["models"], "ema"]}))
+    (repo / "config/more.yaml").write_text(yaml.safe_dump({**cfg, "models": [*cfg["models"], "no_ema"]}))
     more = _snake("-n", "-p", "--configfile", "config/more.yaml", cwd=repo)
     more = more.stdout + more.stderr
-    assert "output: results/models/ema/fold0/metrics.json" in more and "src.image_cache" not in more
+    assert "output: results/models/no_ema/fold0/metrics.json" in more and "src.image_cache" not in more
     assert not any(f"output: results/models/{m}/fold" in more for m in cfg["models"]), more[-3000:]
 
     # A photo is an input of what reads it: one test photo mirrored in place reruns the test-side

@@ -60,7 +60,9 @@ def test_the_shares_come_from_the_photo(fold):
         per_half = model.eval()(fold["batch"])["per_half"]  # (B, 2, 3) grams: Total x shares
         share = per_half / per_half.sum(-1, keepdim=True)
     torch.testing.assert_close(share.sum(-1), torch.ones(share.shape[:2]))
-    assert share.flatten(0, 1).std(0).min() > 1e-3, share  # varies over the halves, for each component
+    # varies over the halves, for each component (in log space: a small mean share, such as Dead's,
+    # varies little in absolute terms)
+    assert share.log().flatten(0, 1).std(0).min() > 1e-2, share
 
 
 @pytest.mark.parametrize("other", [dict(train_dead=True), dict(train_clover=False), dict(use_compositional=True),

@@ -39,9 +39,26 @@ def _moves(model, key: str, change: str) -> bool:
 
 @guards("--density-tokens")
 def test_the_density_head_reads_the_cls_token_only_with_cls_patch(fold):
-    assert not _moves(_model(fold), "pred", "cls")
-    assert _moves(_model(fold, density_tokens="cls_patch"), "pred", "cls")
+    assert not _moves(_model(fold, density_tokens="patch"), "pred", "cls")
+    assert _moves(_model(fold), "pred", "cls")  # the default since #27
     assert _moves(_model(fold, density_tokens="cls_patch"), "pred", "patches")
+
+
+def test_a_checkpoint_saved_before_density_tokens_existed_loads_as_it_was_trained(fold, tmp_path):
+    """Its config.yaml has no density_tokens: the head read patch tokens only (today's default
+    would build a head twice as wide, and its weights would not load)."""
+    import yaml
+
+    from src.training.checkpoint import load_config, load_weights, save_weights
+
+    old = _model(fold, density_tokens="patch")
+    save_weights(old, tmp_path / "best.safetensors", old.cfg, fold["extras"])
+    saved = yaml.safe_load((tmp_path / "config.yaml").read_text())
+    del saved["density_tokens"]
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(saved))
+    cfg = load_config(tmp_path)
+    assert cfg.density_tokens == "patch"
+    load_weights(BiomassModel(cfg, extras=fold["extras"], weights="none"), tmp_path / "best.safetensors")
 
 
 @guards("--aux-tokens")

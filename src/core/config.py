@@ -87,8 +87,8 @@ class TrainConfig:
     train_dead: bool = opt(False, "predict Dead directly, Total = GDM + Dead (else Total directly, Dead = Total - GDM; "
                            "the loss sees it unclipped, so it trains the Total head)", "heads")
     train_clover: bool = opt(True, "predict Clover directly (else GDM directly, Clover = GDM - Green)", "heads")
-    density_tokens: str = opt("patch", "what the density head scores: patch (each patch token) or cls_patch (each "
-                              "patch token joined with its half's CLS token)", "heads", choices=("patch", "cls_patch"))
+    density_tokens: str = opt("cls_patch", "what the density head scores: cls_patch (each patch token joined with its "
+                              "half's CLS token) or patch (each patch token alone)", "heads", choices=("cls_patch", "patch"))
     use_ratio_head: bool = opt(False, "predict Total, and Green, Dead and Clover as softmax shares of it (GDM = Green + "
                                "Clover): every mass non-negative and both relations exact by construction", "heads")
 
@@ -180,9 +180,9 @@ class TrainConfig:
     batch_size: int = opt(16, "effective batch size (split across DDP ranks automatically)", "training")
     grad_accum: int = opt(1, "gradient accumulation steps per optimiser step", "training")
     grad_clip: float = opt(1.0, "max gradient norm (0 = off)", "training")
-    ema: bool = opt(False, "validate, checkpoint and predict with an exponential moving average of the weights (timm "
-                    "ModelEmaV3), started in each stage of --ema-stages from the weights that stage starts with",
-                    "training")
+    ema: bool = opt(True, "validate, checkpoint and predict with an exponential moving average of the weights (timm "
+                    "ModelEmaV3), started in each stage of --ema-stages from the weights that stage starts with "
+                    "(--no-ema: the raw weights)", "training")
     ema_decay: float = opt(0.99, "EMA decay per optimiser update: the average spans about 1/(1-decay) updates (0.99: "
                            "100). With --ema-warmup the decay at update t is min(this, 1 - (1+t)^(-2/3)): 0.974 after "
                            "240 updates and 0.99 after 1000, so in a run of a few hundred updates the warm-up, not this "
@@ -227,6 +227,9 @@ class TrainConfig:
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+# A saved config.yaml written before a field existed meant this value (not today's default): a
+# checkpoint trained then must still load into the model it was trained as.
+BEFORE_FIELD = {"density_tokens": "patch"}  # #27: the default became cls_patch
 # Settings that do not change what a fold learns (where it runs, where files are): a resume may
 # differ in these, and fold models that differ only in these are one model.
 RUNTIME_ONLY = {"resume", "num_workers", "cpus", "device", "output_dir", "folds", "data_dir", "fold_csv", "depth_cache_dir",

@@ -2,10 +2,10 @@
 
 The density head scores every patch token with a small MLP and a softplus, so each patch
 predicts a non-negative mass density; averaging patches gives the half's mass. Public write-ups
-found such dense heads on patch tokens beat CLS pooling. The CLS token is not an input: joined
-to every patch it cost the fine-tuned trainer 0.10 of OOF weighted R^2 in
-benchmarks/quality.py (0.71 against 0.81, and a linear baseline given the CLS token fell from
-0.74 to 0.59).
+found such dense heads on patch tokens beat CLS pooling. By default each patch token comes joined
+with its half's CLS token (--density-tokens): on the random backbone that cost 0.10 of OOF weighted
+R^2 (its CLS carries nothing), on the pre-trained demo backbone it gained 0.012 on the two sets
+that chose it and 0.003 on a third (benchmarks/defaults.py).
 ``start_at`` makes it start at the training fold's means instead of ~0.69 x std, which Adam
 would need hundreds of updates to reach.
 """

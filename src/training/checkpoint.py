@@ -15,7 +15,7 @@ import yaml
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from ..core.config import TrainConfig, from_dict, save_yaml
+from ..core.config import BEFORE_FIELD, TrainConfig, from_dict, save_yaml
 from ..core.io_utils import atomic_path, write_json
 
 
@@ -70,7 +70,10 @@ def weights_metadata(path: Path) -> dict:
 
 
 def load_config(fold_dir: Path) -> TrainConfig:
-    return from_dict(yaml.safe_load((Path(fold_dir) / "config.yaml").read_text()), source=str(fold_dir / "config.yaml"))
+    saved = yaml.safe_load((Path(fold_dir) / "config.yaml").read_text())
+    if isinstance(saved, dict):  # anything else: from_dict says what is wrong
+        saved = {**BEFORE_FIELD, **saved}
+    return from_dict(saved, source=str(fold_dir / "config.yaml"))
 
 
 def load_extras(fold_dir: Path) -> dict:
