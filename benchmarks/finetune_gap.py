@@ -1,6 +1,6 @@
 """Where the fine-tuning trainer loses to a minimal loop on little data (#27 part 4).
 
-    python -m benchmarks.finetune_gap                  # 3 data seeds x 7 variants (about 10 minutes, 2 cores)
+    python -m benchmarks.finetune_gap                  # 3 data seeds x 9 variants (about 2 minutes, 2 cores)
 
 The work of ``benchmarks.standalone``: 40 synthetic photos (1200x600), 5 grouped folds, 8 epochs,
 64 px halves, batch 8, lr = backbone_lr = 1e-3, --no-strong-aug, no depth, the tiny random
@@ -33,11 +33,15 @@ from benchmarks.standalone import BATCH, EPOCHS, FOLDS, HEIGHT, LR, N_PHOTOS, SI
 OUT = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
 # Each step keeps the previous ones' settings.
 STEPS = (
-    ("trainer (d)", {}),
+    ("trainer (d), today's defaults", {}),
+    ("+ --no-ema", {"ema": False}),
+    ("+ --density-tokens patch", {"density_tokens": "patch"}),
     ("+ MSE (--no-smoothl1)", {"smoothl1": False}),
     ("+ no warm-up (--warmup-epochs 0)", {"warmup_epochs": 0.0}),
     ("+ no clipping (--grad-clip 0)", {"grad_clip": 0.0}),
     ("+ AdamW's default decay (--weight-decay 0.01)", {"weight_decay": 0.01}),
+    ("+ heads for all five (--use-compositional --compositional-weight 0)",
+     {"use_compositional": True, "compositional_weight": 0.0}),
 )
 
 

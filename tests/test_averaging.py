@@ -71,17 +71,30 @@ def test_no_ema_saves_the_raw_weights(demo_data, tmp_path):
 
 
 @guards("--ema-decay", "--ema-warmup")
-def test_the_ema_decay_acts_in_a_short_run_unless_the_warm_up_caps_it(demo_data, tmp_path):
-    """12 updates: timm's warm-up caps the decay at 1 - 12^(-2/3) = 0.81, below both 0.9 and 0.999."""
+def test_the_ema_decay_acts_in_a_short_run_unless_a_cap_sets_it(demo_data, tmp_path):
+    """10 updates: the stage's length caps the decay at 1 - 2/10 = 0.8, and timm's warm-up at
+    1 - (1 + t)^(-2/3) at update t (0.52 at t = 2); under both caps the decay is the flag's."""
     def saved(name, **kw):
         fold = _run(demo_data, tmp_path / name, ema=True, epochs=2, **kw)
         return load_file(str(fold / "best.safetensors"))
 
-    fast, slow = saved("fast", ema_decay=0.9), saved("slow", ema_decay=0.999)
+    def same(a, b):
+        return all(torch.equal(a[k], b[k]) for k in a)
+
+    fast, slow = saved("fast", ema_decay=0.3), saved("slow", ema_decay=0.6)
     assert max(float((fast[k].float() - slow[k].float()).abs().max()) for k in fast) > 1e-4
-    warm_fast, warm_slow = saved("warm_fast", ema_decay=0.9, ema_warmup=True), saved("warm_slow", ema_decay=0.999, ema_warmup=True)
-    assert all(torch.equal(warm_fast[k], warm_slow[k]) for k in warm_fast)
-    assert any(not torch.equal(warm_fast[k], fast[k]) for k in fast)
+    capped, longer = saved("capped", ema_decay=0.9), saved("longer", ema_decay=0.999)
+    assert same(capped, longer)  # both at the stage's cap
+    assert not same(saved("warm_slow", ema_decay=0.6, ema_warmup=True), slow)  # the warm-up lowers its first decays
+
+
+def test_the_ema_spans_at_most_half_its_stage():
+    from src.training.averaging import ema_decay
+
+    cfg = TrainConfig(ema_decay=0.99)
+    assert ema_decay(cfg, 240) == 0.99  # the demo's Stage 2: 1 - 2/240 = 0.9917
+    assert ema_decay(cfg, 32) == pytest.approx(0.9375)  # 8 epochs of 4 updates
+    assert ema_decay(cfg, None) == 0.99
 
 
 @guards("--ema", "--resume")
@@ -92,8 +105,8 @@ def test_a_resumed_run_goes_on_with_its_ema(demo_data, tmp_path, monkeypatch, ca
 
     ema, real_make_ema = {}, fit.make_ema
 
-    def keep(model, cfg, last_stage=True):  # each run's EMA, by its fold folder
-        ema[Path(cfg.output_dir) / "fold0"] = made = real_make_ema(model, cfg, last_stage)
+    def keep(model, cfg, last_stage=True, updates=None):  # each run's EMA, by its fold folder
+        ema[Path(cfg.output_dir) / "fold0"] = made = real_make_ema(model, cfg, last_stage, updates)
         return made
 
     monkeypatch.setattr(fit, "make_ema", keep)

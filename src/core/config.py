@@ -184,7 +184,8 @@ class TrainConfig:
                     "ModelEmaV3), started in each stage of --ema-stages from the weights that stage starts with "
                     "(--no-ema: the raw weights)", "training")
     ema_decay: float = opt(0.99, "EMA decay per optimiser update: the average spans about 1/(1-decay) updates (0.99: "
-                           "100). With --ema-warmup the decay at update t is min(this, 1 - (1+t)^(-2/3)): 0.974 after "
+                           "100), capped at 1 - 2/(the stage's updates) so that it spans at most half the stage. "
+                           "With --ema-warmup the decay at update t is min(this, 1 - (1+t)^(-2/3)): 0.974 after "
                            "240 updates and 0.99 after 1000, so in a run of a few hundred updates the warm-up, not this "
                            "value, sets it", "training")
     ema_warmup: bool = opt(False, "timm's EMA warm-up (see --ema-decay); off: the decay is --ema-decay from the first "

@@ -317,7 +317,7 @@ def _start_stage(run: FoldRun, state: FoldState, stage: Stage, si: int, is_last:
     wrapped = DDP(model, device_ids=[info.device.index] if info.device.type == "cuda" else None) if info.distributed else model
     optimizer = build_optimizer(model, cfg, stage.train_backbone)
     scheduler = build_scheduler(optimizer, cfg, stage.epochs, run.steps)
-    ema = make_ema(model, cfg, is_last)  # starts at the stage's first weights (Stage 2: Stage 1's best)
+    ema = make_ema(model, cfg, is_last, stage.epochs * run.steps)  # from the stage's first weights
     if saved is not None and state.stage_epoch > 0:  # mid-stage: the saved optimiser is this stage's
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])

@@ -258,7 +258,7 @@ def _start_refit_stage(run: RefitRun, stage: Stage, si: int, is_last: bool, at: 
     optimizer = build_optimizer(model, cfg, stage.train_backbone)
     scheduler = build_scheduler(optimizer, cfg, stage.epochs, run.steps)
     scheduler.step_update(0)
-    ema, updates = make_ema(model, cfg, is_last), 0  # --ema-stages as in the CV folds
+    ema, updates = make_ema(model, cfg, is_last, stage.epochs * run.steps), 0  # --ema-stages as in the CV folds
     if si == at["stage"] and at["stage_epoch"] > 0:  # resumed mid-stage: the saved optimiser, schedule and EMA
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
