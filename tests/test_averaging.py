@@ -97,6 +97,28 @@ def test_the_ema_spans_at_most_half_its_stage():
     assert ema_decay(cfg, None) == 0.99
 
 
+@guards("--ema-decay", "--refit-from")
+def test_a_refit_caps_its_ema_decay_as_the_folds_do(demo_data, tmp_path, monkeypatch):
+    """The full-data refit's Stage 2 (2 epochs of a few updates) gets the same cap as a fold's."""
+    from test_refit_resume import _cv
+
+    decays, real_init = [], ModelEmaV3.__init__
+
+    def init_spy(self, model, **kw):
+        decays.append(kw["decay"])
+        real_init(self, model, **kw)
+
+    monkeypatch.setattr(ModelEmaV3, "__init__", init_spy)
+    settings = dict(data_dir=str(demo_data), fold_csv=str(demo_data / "trainfold_group_location.csv"),
+                    output_dir=str(tmp_path / "refit"), refit_from=str(_cv(tmp_path / "cv")), freeze_epochs=2,
+                    stage2_epochs=2, stage1_patience=5, batch_size=8, num_workers=0, device="cpu", ema=True,
+                    ema_decay=0.999, **TINY)  # fmt: skip
+    run_module.run(TrainConfig(**settings))
+    assert len(decays) == 1  # --ema-stages last: Stage 2 only
+    updates = 2 / (1 - decays[0])  # the cap is 1 - 2/updates
+    assert decays[0] < 0.999 and updates == pytest.approx(round(updates)) and round(updates) % 2 == 0
+
+
 @guards("--ema", "--resume")
 def test_a_resumed_run_goes_on_with_its_ema(demo_data, tmp_path, monkeypatch, capsys):
     """Killed just before its 2nd epoch's commit and resumed, a run ends with the uninterrupted
