@@ -126,7 +126,7 @@ def _cell(args) -> tuple:
 
 def summarise(results: list[tuple]) -> dict:
     out: dict = {}
-    for name, decision, label, seed, r in results:
+    for name, decision, label, _seed, r in results:
         cell = out.setdefault(decision, {}).setdefault(label, {}).setdefault(name, {"unbiased": [], "selected": []})
         cell["unbiased"].append(r["unbiased"])
         cell["selected"].append(r["selected"])
